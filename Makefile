@@ -1,0 +1,48 @@
+# Two set-up commands: `make demo` and `make test`. Both create (or reuse) .venv.
+#
+# TORCH picks the PyTorch build. The default pins the CPU build that lies on our
+# development and CI machines' disk; an unpinned `torch` would pull a multi-GB CUDA build.
+# On a GPU machine:   make test TORCH=torch        (or any wheel/index you prefer)
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: demo test bench bench-smoke lint clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip setuptools wheel
+
+# One stamp per extra set, so `make test` after `make demo` only adds what is missing.
+$(VENV)/.torch: | $(PY)
+	$(PIP) install "$(TORCH)"
+	@touch $@
+
+$(VENV)/.demo: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[lab,report]"
+	@touch $@
+
+$(VENV)/.dev: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[dev]"
+	@touch $@
+
+demo: $(VENV)/.demo
+	$(PY) -m gradguard demo
+
+test: $(VENV)/.dev
+	$(PY) -m pytest -q
+
+# Full CPU run (about 10 minutes on 2 cores); the peer clippers come from the `bench` extra.
+# On a GPU: $(PY) -m benchmarks.run --device cuda --out DIR
+bench: $(VENV)/.dev
+	$(PIP) install -e ".[bench]"
+	$(PY) -m benchmarks.run
+
+bench-smoke: $(VENV)/.dev
+	$(PY) -m benchmarks.run --smoke
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

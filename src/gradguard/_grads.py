@@ -1,0 +1,175 @@
+"""Collect the gradients a pass works on, grouped by (device, dtype) for the fused kernels.
+
+A ``GradBatch`` is built once per step and shared by the norm pass, the clippers and the
+non-finite policy, so parameters are walked once. DTensor gradients (FSDP2) are unwrapped to
+their local shards here; ``_norms`` reduces the shard norms with one collective.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+from torch import Tensor, nn
+
+ParamsLike = Union[nn.Module, Tensor, Iterable[Tensor], Iterable[tuple[str, Tensor]], Mapping[str, Tensor]]
+
+try:  # DTensor is part of torch.distributed, absent from some builds.
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard
+except ImportError:  # pragma: no cover - builds without torch.distributed
+    DTensor = Partial = Replicate = Shard = None
+
+
+@dataclass(frozen=True)
+class ShardLayout:
+    """How one DTensor gradient is spread over its device mesh.
+
+    ``reduce_dims`` are the mesh dimensions the gradient is sharded over: its local norms must be
+    combined across them. Replicated dimensions hold identical copies and must not be summed.
+    """
+
+    mesh: Any
+    reduce_dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GradBatch:
+    """Named gradients of one step, in parameter order, with their (device, dtype) groups."""
+
+    names: tuple[str, ...]
+    params: tuple[Tensor, ...]
+    grads: tuple[Tensor, ...]  # local tensors: DTensor gradients are replaced by their shards
+    groups: tuple[tuple[torch.device, torch.dtype, tuple[int, ...]], ...]
+    layouts: tuple[ShardLayout | None, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def sharded(self) -> bool:
+        return any(layout is not None for layout in self.layouts)
+
+    @property
+    def device(self) -> torch.device:
+        """Device where per-tensor statistics are gathered: the first gradient's."""
+        return self.grads[0].device if self.grads else torch.device("cpu")
+
+    def with_tensors(self, tensors: list[Tensor]) -> GradBatch:
+        """The same parameters with other per-parameter tensors (local shards) in place of the
+        gradients, e.g. the weights themselves, so the fused norm pass can measure them too."""
+        return GradBatch(self.names, self.params, tuple(tensors), _groups(tensors), self.layouts)
+
+    def group_grads(self) -> list[tuple[torch.device, torch.dtype, list[int], list[Tensor]]]:
+        return [(dev, dt, list(idx), [self.grads[i] for i in idx]) for dev, dt, idx in self.groups]
+
+
+def named_parameters(parameters: ParamsLike) -> list[tuple[str, Tensor]]:
+    """Normalise what users pass (a module, a tensor, tensors, (name, tensor) pairs, a dict)."""
+    if isinstance(parameters, nn.Module):
+        return list(parameters.named_parameters())
+    if isinstance(parameters, Tensor):
+        return [("[0]", parameters)]
+    if isinstance(parameters, Mapping):
+        items = list(parameters.items())
+    else:
+        try:
+            items = list(parameters)
+        except TypeError:
+            raise TypeError(
+                "expected a module, a tensor, an iterable of tensors or of (name, tensor) pairs; "
+                f"got {type(parameters).__name__}."
+            ) from None
+        if items and isinstance(items[0], Tensor):
+            bad = [type(p).__name__ for p in items if not isinstance(p, Tensor)]
+            if bad:
+                raise TypeError(f"expected only tensors in the iterable, also found {bad[0]}.")
+            return [(f"[{i}]", p) for i, p in enumerate(items)]
+    out = []
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str) and isinstance(item[1], Tensor)):
+            raise TypeError(
+                "expected tensors or (name, tensor) pairs such as model.named_parameters(); "
+                f"got an item of type {type(item).__name__}: {item!r:.80}"
+            )
+        out.append(item)
+    return out
+
+
+def _layout(grad: Tensor) -> ShardLayout | None:
+    if DTensor is None or not isinstance(grad, DTensor):
+        return None
+    dims = []
+    for dim, placement in enumerate(grad.placements):
+        if isinstance(placement, Partial):
+            raise ValueError(
+                "a gradient is a DTensor with a Partial placement (pending reduction); gradguard measures "
+                "gradients after they are reduced. Call it after backward() has finished reducing gradients."
+            )
+        if isinstance(placement, Shard):
+            dims.append(dim)
+    return ShardLayout(grad.device_mesh, tuple(dims))
+
+
+def collect(parameters: ParamsLike) -> GradBatch:
+    """Gather the parameters that have a gradient, skipping frozen ones and duplicates (tied weights)."""
+    return collect_named(named_parameters(parameters))
+
+
+def collect_named(named: list[tuple[str, Tensor]]) -> GradBatch:
+    """``collect`` for an already normalised list of unique (name, parameter) pairs (Guard's hot path)."""
+    names, params, grads, layouts = [], [], [], []
+    seen: set[int] = set()
+    sharded = DTensor is not None and any(isinstance(p, DTensor) for _, p in named)
+    for name, p in named:
+        g = p.grad
+        if g is None or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if g.layout != torch.strided:
+            raise TypeError(
+                f"parameter {name!r} has a sparse gradient ({g.layout}); gradguard handles dense gradients. "
+                "Use a dense embedding (nn.Embedding(..., sparse=False)) or exclude the parameter."
+            )
+        layout = _layout(g) if sharded else None
+        if layout is not None:
+            g = g.to_local()
+        names.append(name)
+        params.append(p)
+        grads.append(g)
+        layouts.append(layout)
+    return GradBatch(tuple(names), tuple(params), tuple(grads), _groups(grads), tuple(layouts))
+
+
+def _groups(tensors: list[Tensor]) -> tuple[tuple[torch.device, torch.dtype, tuple[int, ...]], ...]:
+    """Positions of the tensors by (device, dtype), groups in first-seen order."""
+    buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, t in enumerate(tensors):
+        buckets.setdefault((t.device, t.dtype), []).append(i)
+    return tuple((dev, dt, tuple(idx)) for (dev, dt), idx in buckets.items())
+
+
+_INDEX_CACHE: dict[tuple[tuple[int, ...], torch.device], torch.Tensor] = {}
+
+
+def index_tensor(positions: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A cached long tensor of ``positions`` on ``device``: a host-to-device copy happens once, not
+    every step (on an accelerator each copy would make the step wait for the host)."""
+    key = (positions, torch.device(device))
+    cached = _INDEX_CACHE.get(key)
+    if cached is None:
+        if len(_INDEX_CACHE) > 1024:  # parameter sets rarely change; bound the cache anyway
+            _INDEX_CACHE.clear()
+        cached = _INDEX_CACHE[key] = torch.tensor(positions, dtype=torch.long, device=device)
+    return cached
+
+
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics are kept in float32 for low-precision gradients (an fp16 norm overflows at 65504)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def is_inf(norm_type: float) -> bool:
+    return math.isinf(norm_type)

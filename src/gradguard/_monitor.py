@@ -1,0 +1,205 @@
+"""The monitor: probe schedule, spike forensics, non-finite localisation and the run store.
+
+Guard measures and clips; the monitor decides what else to record and where it goes. Its
+per-step work happens on the device; everything that needs the host waits for ``flush``, which
+Guard calls every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gradguard._grads import GradBatch
+from gradguard._history import Chunk
+from gradguard._locate import NonfiniteLocator
+from gradguard._probes._activations import ActivationProbe
+from gradguard._probes._deltas import DeltaProbe
+from gradguard._probes._params import ParamProbe
+from gradguard._rundata import Records, Vectors
+from gradguard._spikes import SpikeDetector
+from gradguard._store import RunStore
+from gradguard.rnn import TimestepProbe
+from gradguard.rnn._cells import is_recurrent
+
+class Monitor:
+    """Probes on a schedule: step 1, every probe's own period, and the step after an anomaly."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        module_names: list[str],
+        *,
+        probes: tuple[str, ...],
+        periods: dict[str, int],
+        store: RunStore | None,
+        spike_z: float | None,
+        forensics_steps: int,
+        locate_after_skip: bool,
+    ):
+        self.module_names = module_names
+        self.periods = {name: periods[name] for name in probes}
+        self.activations = ActivationProbe(model) if "activations" in probes else None
+        self.deltas = DeltaProbe(model) if "deltas" in probes else None
+        self.params = ParamProbe() if "norms" in probes else None
+        self.timesteps = _timestep_probes(model) if "timesteps" in probes else {}
+        self.spikes = SpikeDetector(module_names, capacity=forensics_steps, z_thresh=spike_z) if spike_z else None
+        self.locator = NonfiniteLocator(model) if locate_after_skip else None
+        self.store = store
+        self.records: Records = {}
+        self.vectors: Vectors = {}
+        self.events: list[dict[str, Any]] = []
+        self.forward_order: list[str] = []
+        self._pending: list[tuple[int, str, str, Tensor]] = []
+        self._pending_vectors: list[tuple[int, str, str, Tensor]] = []
+        self._armed_step: int | None = None
+        self._armed: set[str] = set()
+        self._arm(1, set(self.periods))
+
+    # ------------------------------------------------------------------ schedule and hooks
+    def scheduled(self, step: int) -> set[str]:
+        """Probes due at ``step``: all at step 1 (the network at initialisation), each on multiples
+        of its period (which, at the defaults, coincide with Guard's flushes every 10 steps)."""
+        return {name for name, period in self.periods.items() if step == 1 or step % period == 0}
+
+    def _hooked(self, names: set[str]) -> list:
+        probes = []
+        if "activations" in names and self.activations is not None:
+            probes.append(self.activations)
+        if "deltas" in names and self.deltas is not None:
+            probes.append(self.deltas)
+        if "timesteps" in names:
+            probes.extend(self.timesteps.values())
+        return probes
+
+    def _arm(self, step: int, names: set[str]) -> None:
+        for probe in self._hooked(names - self._armed if self._armed_step == step else names):
+            probe.arm()
+        self._armed = (self._armed | names) if self._armed_step == step else set(names)
+        self._armed_step = step
+
+    def _disarm(self) -> None:
+        for probe in self._hooked(self._armed):
+            probe.disarm()
+        self._armed = set()
+
+    def probing(self, step: int, name: str | None = None) -> bool:
+        """Whether ``step`` is a probe step (for ``name``, or for any probe)."""
+        return self._armed_step == step and (name in self._armed if name else bool(self._armed))
+
+    def before_optimizer(self, batch: GradBatch, step: int, stepping: bool) -> None:
+        if self.params is not None and stepping and self.probing(step, "norms"):
+            self.params.before_step(batch)
+
+    def end_step(self, step: int, batch: GradBatch, index: Tensor, present: list[bool], stepped: bool, skipped: bool | None) -> None:
+        """Collect this step's probes, note a skip, and arm the next probe step's hooks."""
+        if self.probing(step):
+            out: dict[str, dict[str, Tensor]] = {}
+            if self.probing(step, "activations"):
+                out.update(self.activations.collect())
+            if self.probing(step, "deltas"):
+                out.update(self.deltas.collect())
+                self.forward_order = list(self.deltas.forward_order) or self.forward_order
+            if self.probing(step, "norms"):
+                if stepped:
+                    out.update(self.params.collect(batch, index, self.module_names, present))
+                else:
+                    self.params.discard()
+            for metric, values in out.items():
+                self._pending.extend((step, metric, module, v) for module, v in values.items())
+            if self.probing(step, "timesteps"):
+                for module, probe in self.timesteps.items():
+                    if probe.ready:  # the module ran with a graph this step and its output got a gradient
+                        with torch.enable_grad():  # the replay differentiates; Guard's step runs under no_grad
+                            self._pending_vectors.append((step, module, "timestep_grad_norm", probe.collect()))
+            self._disarm()
+        if self.locator is not None and self.locator.armed:
+            self._record_location(step)
+        if skipped and self.locator is not None:
+            self.locator.arm()  # the next step's forward and backward will say where it starts
+        due = set(self.periods) if skipped else self.scheduled(step + 1)
+        if due:
+            self._arm(step + 1, due)
+        else:
+            self._armed_step = None
+
+    def note_skip(self, step: int, parameters: list[str]) -> None:
+        self._event(step, "skip", {"parameters": parameters})
+
+    def _record_location(self, step: int) -> None:
+        finding = self.locator.result()
+        if finding is None:
+            return
+        self._event(step, "nonfinite_location", {"where": finding.where, "message": finding.message, "remedy": finding.remedy, **finding.evidence})
+
+    def _event(self, step: int | None, kind: str, payload: dict[str, Any]) -> None:
+        self.events.append({"step": step, "kind": kind, **payload})
+        if self.store is not None:
+            self.store.add_event(step, kind, payload)
+
+    # ------------------------------------------------------------------ host side
+    def flush(self, chunk: Chunk) -> None:
+        """Records to the host (one transfer), then the store, then spike forensics."""
+        if self._pending:
+            values = torch.stack([v.detach().to(torch.float64).reshape(()).cpu() for *_, v in self._pending]).tolist()
+            grouped: dict[tuple[int, str], dict[str, float]] = {}
+            for (step, metric, module, _), value in zip(self._pending, values):
+                grouped.setdefault((step, metric), {})[module] = value
+            self._pending.clear()
+            for (step, metric), entry in grouped.items():
+                self.records.setdefault(metric, []).append((step, entry))
+                if self.store is not None:
+                    self.store.write_module_stats(step, metric, entry)
+        for step, module, metric, vector in self._pending_vectors:
+            array = vector.detach().to(torch.float64).cpu().numpy()
+            self.vectors.setdefault(metric, []).append((step, module, array))
+            if self.store is not None:
+                self.store.write_vector(step, module, metric, array)
+        self._pending_vectors.clear()
+        if self.store is not None:
+            self.store.write_chunk(chunk)
+        if self.spikes is not None:
+            scores = self.spikes.score(chunk.steps, chunk.scalars["norm_before"], chunk.scalars["loss"], chunk.modules)
+            self._forensics(chunk, scores)
+
+    def _forensics(self, chunk: Chunk, cols: np.ndarray) -> None:
+        spiked = np.flatnonzero(cols[:, 0] > 0)
+        if not len(spiked):
+            return
+        row = int(spiked[0])
+        step = int(chunk.steps[row])
+        norm = chunk.scalars["norm_before"][row]
+        if not math.isfinite(norm):
+            trigger, z = "nonfinite", math.inf
+        elif cols[row, 1] >= cols[row, 2]:
+            trigger, z = "grad_norm", float(cols[row, 1])
+        else:
+            trigger, z = "loss", float(cols[row, 2])
+        report = self.spikes.forensics(step, trigger, z)
+        window = (min(report.dump["steps"], default=step), step)
+        ratios = [(s, v) for s, v in self.records.get("update_ratio", []) if window[0] <= s <= window[1]]
+        self._event(step, "forensics", {**report.dump, "update_ratio": [[s, v] for s, v in ratios]})
+        self._event(
+            step,
+            "spike",
+            {"trigger": trigger, "z": z, "z_threshold": self.spikes.z_thresh, "spikes_in_chunk": len(spiked),
+             "first_module": report.first_module, "first_step": report.first_step, "first_z": report.first_z},
+        )
+        # The step after an anomaly is probed too (with every probe); it is the next one after this flush.
+        self._arm(int(chunk.steps[-1]) + 1, set(self.periods))
+
+    def close(self) -> None:
+        self._disarm()
+        if self.locator is not None:
+            self.locator.disarm()
+        for probe in self.timesteps.values():
+            probe.close()
+
+
+def _timestep_probes(model: nn.Module) -> dict[str, TimestepProbe]:
+    """One per-time-step probe per recurrent module (SimpleRNN, nn.RNN, nn.LSTM, nn.GRU)."""
+    return {name: TimestepProbe(module) for name, module in model.named_modules() if is_recurrent(module)}

@@ -1,0 +1,66 @@
+"""Probes: what Guard measures beyond the per-module gradient norms, by cost.
+
+Gradient norms (total and per module) come from the fused pass on every step. Probes add more on
+scheduled steps only (step 1, multiples of each probe's period, and the step after an anomaly);
+their hooks are registered for a scheduled step and removed right after, so other steps pay
+nothing for them. Periods default to 10 steps, 100 for the per-time-step replay.
+
+=============  ==============================================================  ==============
+probe          what it records (metric names in the run store)                 cost on its step
+=============  ==============================================================  ==============
+norms          param_norm, update_ratio (||delta theta|| / ||theta||) per module   one params copy + 2 reads
+activations    saturation, dead_fraction, preact_mean, preact_std per activation  forward hooks
+deltas         error_norm: ||dL/d(output)|| per layer (Glorot & Bengio 2010)      forward + tensor hooks
+timesteps      timestep_grad_norm: ||dL/dh_t|| over t per recurrent module        a replay of the RNN
+=============  ==============================================================  ==============
+
+Presets, in the spirit of Cockpit's economy/business/full: "norms" (the default), "business"
+(norms, activations, deltas) and "full" (all four).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from gradguard._errors import check_int, unknown_name
+
+PROBE_NAMES = ("norms", "activations", "deltas", "timesteps")
+PRESETS = {
+    "norms": ("norms",),
+    "business": ("norms", "activations", "deltas"),
+    "full": ("norms", "activations", "deltas", "timesteps"),
+}
+
+
+# Steps between probe runs, by default. The per-time-step replay costs several training steps
+# (about seven for a 2-layer LSTM), so it runs ten times less often than the others.
+DEFAULT_PERIODS = {"norms": 10, "activations": 10, "deltas": 10, "timesteps": 100}
+
+
+def resolve_periods(probe_every: int | Mapping[str, int]) -> dict[str, int]:
+    """``probe_every`` as an int (the base period; timesteps run 10x less often) or per probe."""
+    if isinstance(probe_every, Mapping):
+        unknown = [k for k in probe_every if k not in PROBE_NAMES]
+        if unknown:
+            raise unknown_name("probe", unknown[0], PROBE_NAMES)
+        periods = dict(DEFAULT_PERIODS)
+        periods.update({k: check_int(f"probe_every[{k!r}]", v, minimum=1) for k, v in probe_every.items()})
+        return periods
+    base = check_int("probe_every", probe_every, minimum=1)
+    return {name: base * (10 if name == "timesteps" else 1) for name in PROBE_NAMES}
+
+
+def resolve_probes(probes: str | Iterable[str] | None) -> tuple[str, ...]:
+    """A preset name, a probe name, or several probe names -> probe names in canonical order."""
+    if probes is None:
+        return ()
+    if isinstance(probes, str):
+        if probes in PRESETS:
+            return PRESETS[probes]
+        probes = (probes,)
+    chosen = []
+    for name in probes:
+        if not isinstance(name, str) or name not in PROBE_NAMES:
+            raise unknown_name("probe", name, PROBE_NAMES + tuple(PRESETS))
+        chosen.append(name)
+    return tuple(n for n in PROBE_NAMES if n in chosen)

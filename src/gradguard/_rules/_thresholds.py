@@ -1,0 +1,71 @@
+"""Every threshold the diagnosis rules use, with the reason it has the value it has."""
+
+# --- vanishing -------------------------------------------------------------------------------
+# Back-propagated error shrinking 1000x from the last layer to the first: the first layers then
+# learn three orders of magnitude slower than the last. A depth-20 sigmoid MLP at PyTorch's
+# default init sits near 1e-12; tanh with Xavier at depth 20 near 0.2 and ReLU with He near 1
+# (papers.md, 9.3), so the bound separates the pathological from the merely imperfect.
+VANISHING_ERROR_RATIO = 1e-3
+# Same bound for ||dL/dh_t|| across the time steps of a recurrent layer.
+VANISHING_TIME_RATIO = 1e-3
+# Without back-propagated errors, a weight-gradient ratio this small across depth is only a hint
+# (Glorot & Bengio 2010, eq. 14: weight gradients can look level while errors vanish, and the
+# converse); it is reported as "info" with a pointer to the deltas probe.
+WEIGHT_GRAD_RATIO_HINT = 1e-4
+# A layer counts as a layer of the depth profile when at least this many are measured.
+MIN_LAYERS_FOR_DEPTH = 3
+# Loss plateau: the median loss of the last quarter of the run is less than 10% below that of the
+# quarter before (medians of a few dozen noisy minibatch losses move by several percent on their
+# own; the update-ratio condition below is what makes the verdict specific)...
+PLATEAU_RELATIVE_IMPROVEMENT = 0.10
+# ...while the input-side layer's weights move less than 1e-5 of their norm per step (healthy
+# training sits around 1e-3; 100x below that the layer has all but stopped learning).
+TINY_UPDATE_RATIO = 1e-5
+MIN_STEPS_FOR_TRENDS = 40
+
+# --- exploding ------------------------------------------------------------------------------
+# Errors growing 1000x toward the input (the mirror image of the vanishing bound).
+EXPLODING_ERROR_RATIO = 1e3
+EXPLODING_TIME_RATIO = 1e3
+# Total norm grown 100x between the first and last tenth of the run (medians, so single spikes do
+# not count): the runaway growth that precedes divergence in the cliff regime of Pascanu et al.
+EXPLODING_GROWTH = 1e2
+# Loss oscillation: the last OSCILLATION_WINDOW losses sit 1.5x above the best 10-step average
+# reached before them, and bounce by more than 3x (95th over 5th percentile). Both are needed:
+# near convergence minibatch noise alone makes the loss bounce by 2-6x relative to its small
+# level (measured on digits), but it does not climb back above its best.
+OSCILLATION_WINDOW = 100
+OSCILLATION_REGRESSION = 1.5
+OSCILLATION_SPREAD = 3.0
+
+# --- non-finite -----------------------------------------------------------------------------
+# More than this share of steps skipped is an error, not an occasional overflow.
+NONFINITE_ERROR_FRACTION = 0.05
+
+# --- activations ----------------------------------------------------------------------------
+# Half the units of a bounded activation saturated (derivative < 10% of its maximum, see
+# _probes/_activations.py): the layer passes back less than a tenth of the error for most units.
+SATURATED_FRACTION = 0.5
+# Half the units of a ReLU-family layer inactive on every example of the batch.
+DEAD_FRACTION = 0.5
+
+# --- clipping -------------------------------------------------------------------------------
+# A fixed-threshold clipper active on more than 90% of steps rescales (nearly) every update: it
+# has become a learning-rate cut rather than a guard against spikes.
+CLIPPING_ALWAYS_FRACTION = 0.9
+MIN_STEPS_CLIPPING = 50
+# Never active over this many steps: it only guards against rare spikes (fine if that is the aim).
+MIN_STEPS_CLIPPING_NEVER = 200
+# Pascanu et al. 2013: "values from half to ten times this average [norm] can still yield
+# convergence". gradguard recommends the 90th percentile of observed norms (clip the top tenth)
+# and reports where that falls in Pascanu's range.
+PASCANU_LOW, PASCANU_HIGH = 0.5, 10.0
+RECOMMEND_PERCENTILE = 90.0
+MIN_STEPS_RECOMMEND = 20
+
+# --- scale of weights and updates -------------------------------------------------------------
+# Weights more than 2x off the Xavier/He scale for their activation start far from criticality.
+INIT_SCALE_FACTOR = 2.0
+# Update-to-weight ratio per step: ~1e-3 is the usual healthy level; above 1e-1 a layer's weights
+# change by a tenth per step (learning rate too high for it).
+UPDATE_RATIO_HIGH = 1e-1

@@ -1,0 +1,149 @@
+"""GradGuardCallback for the Hugging Face Trainer, on a tiny randomly initialised GPT-2 (no download):
+pre/post clip norms, clip coefficient and clipped share in the Trainer's logs, and a NaN step
+skipped with parameters, Adam state and the learning-rate schedule left where they were."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+import os
+import sys
+
+import pytest
+import torch
+
+import gradguard as gg
+from gradguard import MissingDependencyError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate")  # the Trainer needs it
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments  # noqa: E402
+
+from gradguard.integrations.huggingface import GradGuardCallback  # noqa: E402
+
+FAULT_STEP = 2  # state.global_step whose gradients get a NaN (the Trainer logs it as step 3)
+CLIP = 0.5
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Random token sequences; the model learns to predict them (labels = inputs)."""
+
+    def __init__(self, n: int = 64, length: int = 12, vocab: int = 50):
+        self.ids = torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+class Fault(TrainerCallback):
+    """Passed before GradGuardCallback: measures the raw gradients, puts a NaN into one at
+    FAULT_STEP, and records what each optimizer step changed."""
+
+    def __init__(self):
+        self.raw_norms, self.params_moved, self.state_moved, self.lr_steps = [], [], [], []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        self.raw_norms.append(torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None]).item())
+        if state.global_step == FAULT_STEP:
+            model.transformer.h[0].mlp.c_fc.weight.grad[0, 0] = math.nan
+        self._params = [p.detach().clone() for p in model.parameters()]
+        self._state = copy.deepcopy(optimizer.state_dict()["state"])
+        self._schedule = lr_scheduler.last_epoch
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        self.params_moved.append(any(not torch.equal(p, q) for p, q in zip(model.parameters(), self._params)))
+        now = optimizer.state_dict()["state"]
+        same = now.keys() == self._state.keys() and all(torch.equal(now[k][f], v) for k, s in self._state.items() for f, v in s.items())
+        self.state_moved.append(not same)
+        self.lr_steps.append(lr_scheduler.last_epoch - self._schedule)
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2))
+
+
+def arguments(tmp_path, **overrides) -> TrainingArguments:
+    kwargs = dict(
+        output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=8, logging_steps=1, max_grad_norm=0.0,
+        learning_rate=1e-3, lr_scheduler_type="linear", report_to=[], save_strategy="no", use_cpu=True,
+        disable_tqdm=True, seed=0,
+    )  # fmt: skip
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def guarded_run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("hf")
+    fault, callback = Fault(), GradGuardCallback(clip=CLIP, module_filter="*.mlp.*")
+    trainer = Trainer(model=tiny_gpt2(), args=arguments(tmp_path), train_dataset=Tokens(), callbacks=[fault, callback])
+    trainer.train()
+    train_logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    return fault, callback, train_logs
+
+
+def test_nan_step_is_skipped_without_touching_parameters_adam_state_or_schedule(guarded_run):
+    fault, callback, _ = guarded_run
+    skipped = [False, False, True, False, False, False]
+    assert callback.guard.history.skipped.tolist() == skipped
+    assert fault.params_moved == [not s for s in skipped]
+    assert fault.state_moved == [not s for s in skipped]
+    assert fault.lr_steps == [0 if s else 1 for s in skipped]
+
+
+def test_logs_norm_before_and_after_clipping_coefficient_and_clipped_share(guarded_run):
+    fault, callback, logs = guarded_run
+    assert [entry["step"] for entry in logs] == [1, 2, 3, 4, 5, 6]
+    clipped_so_far = []
+    for entry, raw in zip(logs, fault.raw_norms):
+        skipped = entry["step"] == FAULT_STEP + 1
+        assert entry["steps/skipped"] == (1 if entry["step"] > FAULT_STEP else 0)
+        if skipped:
+            assert "grad_norm/pre_clip" not in entry  # a NaN norm is left out, not logged
+            clipped_so_far.append(False)
+            continue
+        clipped_so_far.append(raw > CLIP)
+        assert entry["grad_norm/pre_clip"] == pytest.approx(raw, rel=1e-6)
+        assert entry["grad_norm"] == pytest.approx(entry["grad_norm/pre_clip"], rel=1e-6)  # the Trainer's own reading
+        assert entry["grad_norm/post_clip"] == pytest.approx(min(raw, CLIP), rel=1e-5)
+        assert entry["clip/coef"] == pytest.approx(entry["grad_norm/post_clip"] / raw, rel=1e-5)
+        assert entry["clip/threshold"] == CLIP
+        assert entry["clip/active_frac"] == pytest.approx(sum(clipped_so_far) / len(clipped_so_far))
+        modules = {k for k in entry if k.startswith("grad_norm/transformer")}
+        assert modules == {f"grad_norm/transformer.h.{i}.mlp.{m}" for i in (0, 1) for m in ("c_fc", "c_proj")}
+    assert any(clipped_so_far) and not all(clipped_so_far)  # the bound acted on some steps only
+
+
+def test_the_trainer_clipping_is_refused_when_the_trainer_is_built(tmp_path):
+    with pytest.raises(ValueError, match=r"max_grad_norm=0\) and GradGuardCallback\(clip=1.0\)"):
+        Trainer(model=tiny_gpt2(), args=arguments(tmp_path, max_grad_norm=1.0), train_dataset=Tokens(), callbacks=[GradGuardCallback()])
+
+
+def test_attach_puts_the_callback_ahead_of_reporting_callbacks(tmp_path):
+    trainer = Trainer(model=tiny_gpt2(), args=arguments(tmp_path), train_dataset=Tokens())
+    callback = GradGuardCallback(clip=1.0).attach(trainer)
+    assert trainer.callback_handler.callbacks[0] is callback
+
+
+def test_max_consecutive_skips_stops_training_with_a_clear_error(tmp_path):
+    class AlwaysNaN(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            model.lm_head.weight.grad.view(-1)[0] = math.inf
+
+    callbacks = [AlwaysNaN(), GradGuardCallback(max_consecutive_skips=2)]
+    trainer = Trainer(model=tiny_gpt2(), args=arguments(tmp_path, max_steps=4), train_dataset=Tokens(), callbacks=callbacks)
+    with pytest.raises(gg.NonFiniteGradientError, match="3 optimizer steps in a row"):
+        trainer.train()
+
+
+def test_import_without_transformers_raises_with_the_install_command(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.delitem(sys.modules, "gradguard.integrations.huggingface")
+    with pytest.raises(MissingDependencyError, match=r"python -m pip install 'gradguard\[integrations\]'"):
+        importlib.import_module("gradguard.integrations.huggingface")
