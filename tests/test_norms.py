@@ -12,6 +12,7 @@ from torch import nn
 
 import gradguard as gg
 from gradguard import _reference as ref
+from gradguard._grads import CachedCollector, collect_named
 from gradguard._norms import module_of
 from tests.conftest import named_with_grads
 
@@ -117,3 +118,65 @@ def test_unitwise_norm_matches_rows(shape, seed):
     fast = gg.unitwise_norm(x)
     slow = ref.unitwise(x)
     torch.testing.assert_close(fast, slow)
+
+
+# ---------------------------------------------------------------- Guard's cached collector
+_EVENTS = st.sampled_from(["backward", "drop_grad", "freeze_grad_of_bias", "cast_double", "cast_float", "sparse_grad", "duplicate"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_EVENTS, min_size=1, max_size=12), st.integers(0, 2**16))
+def test_cached_collector_agrees_with_collect_named_through_changes(events, seed):
+    """Whatever happens to the parameters between steps, the cache gives what a fresh collection gives."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2))
+    collector = CachedCollector()
+    duplicated = []
+
+    def named():
+        # A parameter listed twice (tied weights seen under two names) is dropped by collect_named.
+        return list(model.named_parameters()) + [("tied", model[0].weight)] * len(duplicated)
+
+    for event in ["backward", *events]:
+        if event == "backward":
+            model.zero_grad(set_to_none=True)
+            dtype = next(model.parameters()).dtype
+            model(torch.randn(5, 3, dtype=dtype)).square().sum().backward()
+        elif event == "drop_grad":
+            model[0].weight.grad = None
+        elif event == "freeze_grad_of_bias":
+            model[2].bias.grad = None
+        elif event == "cast_double":
+            model.double()
+        elif event == "cast_float":
+            model.float()
+        elif event == "duplicate":
+            duplicated.append(True)
+        elif event == "sparse_grad":
+            w = model[0].bias
+            w.grad = torch.zeros_like(w).to_sparse()
+        try:
+            want = collect_named(named())
+        except TypeError as err:  # a sparse gradient: the cache must raise the same error
+            with pytest.raises(TypeError, match="sparse"):
+                collector(named())
+            assert "sparse" in str(err)
+            model[0].bias.grad = None
+            continue
+        got = collector(named())
+        assert got.names == want.names
+        assert all(a is b for a, b in zip(got.params, want.params)) and len(got.params) == len(want.params)
+        assert all(a is b for a, b in zip(got.grads, want.grads)) and len(got.grads) == len(want.grads)
+        assert got.groups == want.groups
+
+
+def test_cached_collector_reuses_the_plan_between_steps():
+    model = torch.nn.Linear(3, 2)
+    collector = CachedCollector()
+    model(torch.randn(4, 3)).sum().backward()
+    first = collector(list(model.named_parameters()))
+    model.zero_grad(set_to_none=True)
+    model(torch.randn(4, 3)).sum().backward()
+    second = collector(list(model.named_parameters()))
+    assert second.names is first.names and second.groups is first.groups  # reused, not rebuilt
+    assert second.grads[0] is model.weight.grad

@@ -143,6 +143,39 @@ def collect_named(named: list[tuple[str, Tensor]]) -> GradBatch:
     return GradBatch(tuple(names), tuple(params), tuple(grads), _groups(grads), tuple(layouts))
 
 
+class CachedCollector:
+    """``collect_named`` for a parameter list that rarely changes (Guard's, every step).
+
+    What does not change from step to step (names, (device, dtype) groups, the sparse check) is
+    reused while the same parameters have gradients of the same device, dtype and layout; only
+    the gradient tensors are read afresh. Any change (a parameter gains or loses its gradient, a
+    model moved or cast) rebuilds it. DTensor gradients (FSDP2) always take the full path: their
+    local shards are new tensors every step.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[int, ...] | None = None
+        self._kinds: list[tuple[torch.device, torch.dtype, torch.layout]] = []
+        self._batch: GradBatch | None = None
+
+    def __call__(self, named: list[tuple[str, Tensor]]) -> GradBatch:
+        present = [(p, p.grad) for _, p in named]
+        present = [(p, g) for p, g in present if g is not None]
+        grads = [g for _, g in present]
+        key = tuple(id(p) for p, _ in present)
+        if key == self._key and [(g.device, g.dtype, g.layout) for g in grads] == self._kinds:
+            batch = self._batch
+            return GradBatch(batch.names, batch.params, tuple(grads), batch.groups, batch.layouts)
+        batch = collect_named(named)
+        # Reusable only when nothing was dropped as a duplicate and nothing is sharded; the
+        # batch holds the parameters, so their ids cannot be reused while the key is kept.
+        reusable = not batch.sharded and len(batch) == len(key)
+        self._key = key if reusable else None
+        self._kinds = [(g.device, g.dtype, g.layout) for g in grads]
+        self._batch = batch
+        return batch
+
+
 def _groups(tensors: list[Tensor]) -> tuple[tuple[torch.device, torch.dtype, tuple[int, ...]], ...]:
     """Positions of the tensors by (device, dtype), groups in first-seen order."""
     buckets: dict[tuple[torch.device, torch.dtype], list[int]] = {}

@@ -33,7 +33,7 @@ from gradguard import _distributed
 from gradguard._clipping import Clipper, make_clipper, unclipped_stats
 from gradguard._errors import GradGuardWarning, check_choice, check_int, check_norm_type
 from gradguard._finding import Finding
-from gradguard._grads import GradBatch, collect_named, index_tensor
+from gradguard._grads import CachedCollector, GradBatch, index_tensor
 from gradguard._history import SCALARS, Chunk, History
 from gradguard._monitor import Monitor
 from gradguard._norms import GradNorms, batch_norms, module_of, pattern_grouper, reduce_groups
@@ -204,6 +204,8 @@ class Guard:
         self._set_slots(_parameter_slots(model))
         self._index_cache: dict[tuple[str, ...], tuple[Tensor, Tensor, list[bool]]] = {}
         self._pending: list[tuple[int, Tensor]] = []
+        self._collect = CachedCollector()
+        self._nan_loss: dict[torch.device, Tensor] = {}  # the loss column of steps given no loss
         self._step = 0
         self._warned_unknown = False
         self._closed = False
@@ -299,7 +301,7 @@ class Guard:
         with torch.no_grad():
             if self.scaler is not None and optimizer is not None:
                 self._unscale(optimizer)
-            batch = collect_named(self._parameters())
+            batch = self._collect(self._parameters())
             norms = self._measure(batch)
             stats = self.clipper.apply(batch, norms) if self.clipper is not None else unclipped_stats(norms)
             index, present, present_host = self._module_index(norms.names, norms.vector.device) if norms.names else (None, None, [])
@@ -362,7 +364,7 @@ class Guard:
         if index is None:
             return torch.full((n,), math.nan, device=norms.total.device)
         values = reduce_groups(norms.vector, index, n + 1, norms.norm_type)[:n]
-        return torch.where(present, values, torch.full_like(values, math.nan))
+        return torch.where(present, values, math.nan)
 
     def _unscale(self, optimizer: torch.optim.Optimizer) -> None:
         from torch.amp.grad_scaler import OptState
@@ -377,12 +379,15 @@ class Guard:
     def _record(self, info: StepInfo, loss: Tensor | float | None) -> None:
         device = info.norm_before.device
         if loss is None:
-            loss_t = torch.full((), math.nan, dtype=torch.float64, device=device)
+            loss_t = self._nan_loss.get(device)
+            if loss_t is None:
+                loss_t = self._nan_loss[device] = torch.full((), math.nan, dtype=torch.float64, device=device)
         else:
             loss_t = torch.as_tensor(loss).detach().reshape(()).to(device=device, dtype=torch.float64)
-        scalars = [info.norm_before, info.norm_after, info.threshold, info.clipped, info.skipped, loss_t]
-        parts = [torch.stack([s.to(device=device, dtype=torch.float64) for s in scalars]), info.module_norms.to(device=device, dtype=torch.float64)]
-        self._pending.append((info.step, torch.cat(parts)))
+        # Two operator calls: stack and cat promote to float64 (the loss is float64), and every
+        # operator call costs microseconds on a CPU thread and a kernel launch on a GPU.
+        scalars = torch.stack([info.norm_before, info.norm_after, info.threshold, info.clipped, info.skipped, loss_t])
+        self._pending.append((info.step, torch.cat([scalars, info.module_norms.to(device)])))
         if len(self._pending) >= self.log_every:
             self.flush()
 

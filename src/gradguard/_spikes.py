@@ -5,24 +5,28 @@ The detector works on the host, on the rows Guard already copies there every ``l
 
 * scores log(total gradient norm) and log(loss) against exponential moving averages of their
   mean and variance (a z-score; logs because norms vary by factors, not by offsets);
-* scores every module's log gradient norm the same way;
-* keeps the step's total norm, loss, module norms and z-scores in a ring buffer of the last
+* keeps the step's total norm, loss, z-scores and module norms in a ring buffer of the last
   ``capacity`` steps.
 
 A *spike* is a z-score above ``z_thresh`` after ``warmup`` steps, or a non-finite norm. Outliers
 enter the averages winsorised to ``z_thresh`` standard deviations, so one spike does not mask the
-next and a lasting change of level is absorbed in a few dozen steps. When a spike is found, the
-buffer is dumped into the run store and the *first deviating module* is named: the module with
-the largest z-score at the earliest step, within the ``LOOKBACK_STEPS`` before the spike, at
-which a module's z-score rose above ``module_z``. Update norms are not in the buffer (measuring
-them needs a copy of the parameters); the update ratios of probe steps in the window are part
-of the dump.
+next and a lasting change of level is absorbed in a few dozen steps.
+
+When a spike is found, the buffer is dumped into the run store and the *first deviating module*
+is named: every module's log gradient norm is scored the same way, by replaying the averages over
+the buffer, and the first module is the one with the largest z-score at the earliest step, within
+the ``LOOKBACK_STEPS`` before the spike, at which a module's z-score rose above ``module_z``.
+Module scores are computed only then, not every step: the two trigger scores are two scalars a
+step in plain Python, while scoring hundreds of modules every step cost more than the rest of
+Guard's step on a small model. The steps of the buffer before the look-back window warm the
+replayed averages up (the default buffer of 64 steps leaves 56, about three EMA windows). Update
+norms are not in the buffer (measuring them needs a copy of the parameters); the update ratios of
+probe steps in the window are part of the dump.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,62 +57,111 @@ class SpikeReport:
     dump: dict
 
 
+class _ScalarEma:
+    """EMA mean and variance of one log-scale series, in plain Python floats (a few microseconds a step)."""
+
+    __slots__ = ("mean", "var", "seen")
+
+    def __init__(self) -> None:
+        self.mean, self.var, self.seen = 0.0, 0.0, False
+
+    def score(self, value: float, trusted: bool, z_thresh: float) -> float:
+        """z-score of ``value`` against the averages so far, then fold it in (winsorised)."""
+        if not (value > 0.0 and math.isfinite(value)):
+            return 0.0  # non-finite or non-positive (a loss can be): not scored, averages unchanged
+        x = math.log(value)
+        if not self.seen:
+            self.mean, self.var, self.seen = x, 0.0, True
+            return 0.0
+        std = math.sqrt(max(self.var, VAR_FLOOR))
+        z = (x - self.mean) / std if trusted else 0.0
+        clipped = min(max(x, self.mean - z_thresh * std), self.mean + z_thresh * std)
+        self.mean = EMA_ALPHA * self.mean + (1 - EMA_ALPHA) * clipped
+        self.var = EMA_ALPHA * self.var + (1 - EMA_ALPHA) * (clipped - self.mean) ** 2
+        return z
+
+
+def ema_zscores(values: np.ndarray, z_thresh: float, warmup: int) -> np.ndarray:
+    """z-scores of every row of ``values`` (steps x series, log scale applied here) against EMAs of
+    the rows before it, with the winsorised update of ``_ScalarEma``; 0 before ``warmup`` rows
+    and where a value is non-finite or not positive. The vectorised twin of ``_ScalarEma``."""
+    rows, n = values.shape
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = np.log(np.where(values > 0, values, np.nan))
+    has = np.isfinite(logs)
+    logs = np.where(has, logs, 0.0)
+    mean, var, seen = np.zeros(n), np.zeros(n), np.zeros(n, dtype=bool)
+    out = np.zeros((rows, n))
+    for i in range(rows):
+        x, ok = logs[i], has[i]
+        std = np.sqrt(np.maximum(var, VAR_FLOOR))
+        if i >= warmup:
+            out[i] = np.where(ok & seen, (x - mean) / std, 0.0)
+        clipped = np.clip(x, mean - z_thresh * std, mean + z_thresh * std)
+        new_mean = np.where(seen, EMA_ALPHA * mean + (1 - EMA_ALPHA) * clipped, x)
+        new_var = np.where(seen, EMA_ALPHA * var + (1 - EMA_ALPHA) * (clipped - new_mean) ** 2, 0.0)
+        mean, var = np.where(ok, new_mean, mean), np.where(ok, new_var, var)
+        seen |= ok
+    return out
+
+
 class SpikeDetector:
     """Host-side EMA z-scores and the forensic ring buffer (see module docstring)."""
 
     def __init__(self, module_names: list[str], capacity: int = 64, z_thresh: float = SPIKE_Z, module_z: float = MODULE_Z, warmup: int = WARMUP_STEPS):
         self.module_names = list(module_names)
         self.z_thresh, self.module_z, self.warmup = z_thresh, module_z, warmup
-        n = 2 + len(self.module_names)  # total norm, loss, then one entry per module
-        self._mean, self._var = np.zeros(n), np.zeros(n)
-        self._seen = np.zeros(n, dtype=bool)
-        self._count = 0
-        # rows: step, total, loss, spike, z_total, z_loss, module norms (m), module z (m)
-        self._ring: deque[np.ndarray] = deque(maxlen=capacity)
+        self._total, self._loss = _ScalarEma(), _ScalarEma()
+        self._count = 0  # finite steps scored
+        # The ring: row r holds step, total norm, loss, spike flag, z of the total, z of the loss,
+        # and module norms; written a chunk at a time, oldest row at ``_next`` once full.
+        self._capacity = capacity
+        self._rows = np.zeros((capacity, 6 + len(self.module_names)))
+        self._next = 0
+        self._filled = 0
 
     def score(self, steps: np.ndarray, totals: np.ndarray, losses: np.ndarray, module_norms: np.ndarray) -> np.ndarray:
         """Score consecutive steps; returns (steps x 3): spike flag, z of the total norm, z of the loss."""
         out = np.zeros((len(steps), 3))
-        for i, step in enumerate(steps.tolist()):
-            out[i] = self._update(step, float(totals[i]), float(losses[i]), np.asarray(module_norms[i], dtype=float))
+        for i, (total, loss) in enumerate(zip(np.asarray(totals, dtype=float).tolist(), np.asarray(losses, dtype=float).tolist())):
+            trusted = self._count >= self.warmup
+            z_total = self._total.score(total, trusted, self.z_thresh)
+            z_loss = self._loss.score(loss, trusted, self.z_thresh)
+            nonfinite = not math.isfinite(total)
+            self._count += 0 if nonfinite else 1
+            out[i] = (float(nonfinite or z_total > self.z_thresh or z_loss > self.z_thresh), z_total, z_loss)
+        block = np.column_stack([steps, totals, losses, out, np.asarray(module_norms, dtype=float).reshape(len(steps), -1)])
+        self._append(block)
         return out
 
-    def _update(self, step: int, total: float, loss: float, module_norms: np.ndarray) -> np.ndarray:
-        values = np.concatenate([[total, loss], module_norms])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            x = np.log(np.where(values > 0, values, np.nan))
-        # Losses are scored in log space too, so only positive ones (most are) take part.
-        has = np.isfinite(x)
-        std = np.sqrt(np.maximum(self._var, VAR_FLOOR))
-        trusted = self._count >= self.warmup
-        z = np.where(has & self._seen & trusted, (np.nan_to_num(x) - self._mean) / std, 0.0)
-        nonfinite = not math.isfinite(total)
-        spike = bool((z[:2] > self.z_thresh).any()) or nonfinite
-        # EMA update; outliers enter winsorised to z_thresh sigma; an entry's first sample initialises it.
-        bound = self.z_thresh * std
-        clipped = np.clip(np.nan_to_num(x), self._mean - bound, self._mean + bound)
-        new_mean = np.where(self._seen, EMA_ALPHA * self._mean + (1 - EMA_ALPHA) * clipped, np.nan_to_num(x))
-        new_var = np.where(self._seen, EMA_ALPHA * self._var + (1 - EMA_ALPHA) * (clipped - new_mean) ** 2, 0.0)
-        self._mean = np.where(has, new_mean, self._mean)
-        self._var = np.where(has, new_var, self._var)
-        self._seen |= has
-        self._count += 0 if nonfinite else 1
-        scores = np.array([float(spike), z[0], z[1]])
-        self._ring.append(np.concatenate([[step], values[:2], scores, values[2:], z[2:]]))
-        return scores
+    def _append(self, block: np.ndarray) -> None:
+        block = block[-self._capacity :]
+        first = min(len(block), self._capacity - self._next)
+        self._rows[self._next : self._next + first] = block[:first]
+        self._rows[: len(block) - first] = block[first:]
+        self._next = (self._next + len(block)) % self._capacity
+        self._filled = min(self._filled + len(block), self._capacity)
+
+    def _ring(self) -> np.ndarray:
+        """The buffered rows, oldest first."""
+        if self._filled < self._capacity:
+            return self._rows[: self._filled]
+        return np.concatenate([self._rows[self._next :], self._rows[: self._next]])
 
     def forensics(self, spike_step: int, trigger: str, z: float) -> SpikeReport:
-        """Name the first module to move, from the ring buffer, and dump the buffer."""
-        ring = np.array(list(self._ring)) if self._ring else np.zeros((0, 6 + 2 * len(self.module_names)))
+        """Score the modules over the ring buffer, name the first to move, and dump the buffer."""
+        ring = self._ring()
         ring = ring[ring[:, 0] <= spike_step]
         m = len(self.module_names)
-        norms, zs = ring[:, 6 : 6 + m], ring[:, 6 + m :]
+        norms = ring[:, 6:]
+        recent = np.flatnonzero(ring[:, 0] > spike_step - LOOKBACK_STEPS)
+        # The rows before the look-back window warm the replayed averages up (at least two rows).
+        warmup = min(self.warmup, max(2, int(recent[0]) if len(recent) else len(ring)))
+        zs = ema_zscores(norms, self.z_thresh, warmup) if m else np.zeros((len(ring), 0))
         first_module = first_step = first_z = None
-        recent = [row for row in range(len(ring)) if ring[row, 0] > spike_step - LOOKBACK_STEPS]
-        for row in recent:
-            rising = np.where(np.isfinite(zs[row]), zs[row], -np.inf)
-            if m and rising.max() > self.module_z:
-                j = int(np.argmax(rising))
+        for row in recent.tolist():
+            if m and zs[row].max() > self.module_z:
+                j = int(np.argmax(zs[row]))
                 first_module, first_step, first_z = self.module_names[j], int(ring[row, 0]), float(zs[row, j])
                 break
         if first_module is None and m and len(ring):

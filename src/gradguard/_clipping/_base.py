@@ -31,8 +31,10 @@ class ClipStats:
         threshold: the bound in force at this step (a norm for norm clippers, the element bound
             for ``ClipValue``, the ratio lambda for ``AGC``).
         clipped: bool, whether any gradient changed.
-        coef: ``norm_after / norm_before`` (1 where nothing changed); for global-norm clipping this
-            is the common factor every gradient was multiplied by.
+        coef: for ``ClipNorm``, the factor every gradient was multiplied by,
+            ``min(1, max_norm / (norm_before + 1e-6))`` as in ``clip_grad_norm_`` (NaN on a
+            non-finite step); for the other clippers ``norm_after / norm_before``, 1 where
+            nothing changed.
     """
 
     norm_before: Tensor
@@ -48,11 +50,14 @@ class ClipStats:
         return {"norm_before": nb, "norm_after": na, "threshold": th, "clipped": bool(cl), "coef": co}
 
 
-def make_stats(norm_before: Tensor, norm_after: Tensor, threshold: Tensor | float, clipped: Tensor) -> ClipStats:
+def make_stats(norm_before: Tensor, norm_after: Tensor, threshold: Tensor | float, clipped: Tensor, coef: Tensor | None = None) -> ClipStats:
+    """Step statistics; ``coef`` is the factor every gradient was multiplied by, where one was
+    (global-norm clipping), else it is derived as ``norm_after / norm_before``."""
     # A fill, not a host-to-device copy of a Python number: no wait for the host on accelerators.
     threshold = threshold.to(norm_before.dtype) if isinstance(threshold, Tensor) else torch.full_like(norm_before, float(threshold))
-    safe_before = torch.where(norm_before > 0, norm_before, torch.ones_like(norm_before))
-    coef = torch.where(norm_before > 0, norm_after / safe_before, torch.ones_like(norm_before))
+    if coef is None:
+        positive = norm_before > 0
+        coef = torch.where(positive, norm_after / torch.where(positive, norm_before, 1.0), 1.0)
     return ClipStats(norm_before, norm_after, threshold, clipped, coef)
 
 

@@ -37,7 +37,7 @@ class ClipNorm(Clipper):
         total = norms.total
         coef = torch.clamp(self.max_norm / (total + TORCH_CLIP_EPS), max=1.0)
         scale_(batch, coef)
-        return make_stats(total, total * coef, self.max_norm, coef < 1.0)
+        return make_stats(total, total * coef, self.max_norm, coef < 1.0, coef)
 
     def _config(self):
         return {"max_norm": self.max_norm, "norm_type": self.norm_type}
