@@ -3,6 +3,7 @@ a worker process dying mid-suite, one runner per results folder, failing jobs, c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gradguard.lab import registry, runner
 
@@ -168,6 +171,81 @@ def test_unknown_device_and_missing_cuda_are_clear_errors(sleepy, tmp_path):
     if not __import__("torch").cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             runner.run([plan], device="cuda")
+
+
+# ---------------------------------------------------------------- figure specs
+CURVY_FIGURES = (
+    registry.Figure("loss", "Loss by step", x="step", x_label="step", y_label="loss", log_y=True, reference="bound", reference_label="a bound",
+                    variants=("a*",), hlines=((0.5, "half"),), caption="What to read."),
+    registry.Figure("nested.f", "Nested"),
+)
+
+
+@dataclasses.dataclass
+class CurvyConfig:
+    points: int = 4
+
+
+@pytest.fixture
+def curvy():
+    """An in-process experiment that declares figures: its jobs return curves."""
+
+    def run(cfg, variant, seed, ctx):
+        return {"loss": [1.0 / (k + 1 + seed) for k in range(cfg.points)], "step": [10, 20, 30, 40], "bound": [1.0] * 4, "nested": {"f": [0.0, float("nan"), 2.0]}}
+
+    presets = {p: CurvyConfig() for p in registry.PRESETS}
+    exp = registry.register(registry.Experiment("curvy", "a claim", "an anchor", CurvyConfig, presets, lambda cfg: ["a1", "b"], run,
+                                                lambda cfg, jobs: registry.Verdict(True, "c", "s"), quick_seconds=1.0, parallel=False, figures=CURVY_FIGURES))
+    yield exp
+    registry._REGISTRY.pop("curvy", None)
+
+
+def test_figure_specs_round_trip_through_result_json(curvy, tmp_path):
+    runner.run([runner.plan("curvy", "quick", 2, tmp_path)], device="cpu", workers=1)
+    on_disk = json.loads((tmp_path / "curvy" / "quick" / "result.json").read_text())
+    assert on_disk["figures"][0] == {"metric": "loss", "title": "Loss by step", "x": "step", "x_label": "step", "y_label": "loss", "log_y": True, "reference": "bound",
+                                     "reference_label": "a bound", "variants": ["a*"], "hlines": [[0.5, "half"]], "caption": "What to read."}
+    restored = [registry.Figure(**{**d, "variants": tuple(d["variants"]), "hlines": tuple(map(tuple, d["hlines"]))}) for d in on_disk["figures"]]
+    assert tuple(restored) == CURVY_FIGURES
+    # and the report draws them from the JSON alone: the first for variant a1 only, with its bound
+    from gradguard.report import data
+
+    (lab,) = data.load(tmp_path)
+    loss, nested = lab.claims[0].figures
+    assert [(c.label, c.reference) for c in loss.curves] == [("a1", False), ("a1: a bound", True)]
+    assert loss.curves[0].x.tolist() == [10, 20, 30, 40] and loss.log_y and loss.hlines == [(0.5, "half")]
+    assert [c.label for c in nested.curves] == ["a1", "b"] and nested.declared
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    texts=st.lists(st.text(max_size=12), min_size=7, max_size=7),
+    log_y=st.booleans(),
+    variants=st.lists(st.text(min_size=1, max_size=8), max_size=3),
+    hlines=st.lists(st.tuples(st.floats(allow_nan=False, allow_infinity=False, width=32), st.text(max_size=8)), max_size=3),
+)
+def test_any_figure_spec_survives_result_json_into_the_report(texts, log_y, variants, hlines):
+    from gradguard.report.lab import _spec
+
+    metric, title, x, x_label, y_label, reference, caption = texts
+    fig = registry.Figure(metric or "m", title or "t", x=x, x_label=x_label, y_label=y_label, log_y=log_y, reference=reference, variants=tuple(variants), hlines=tuple(hlines), caption=caption)
+    text = json.dumps(runner._strict({"figures": [fig.to_dict()]}), allow_nan=False)
+    spec = _spec(json.loads(text)["figures"][0])
+    assert spec["metric"] == fig.metric and spec["title"] == fig.title and spec["x"] == x and spec["log_y"] == log_y
+    assert (spec["x_label"], spec["y_label"], spec["reference"], spec["caption"]) == (x_label, y_label, reference, caption)
+    assert spec["variants"] == variants and spec["hlines"] == [(float(v), label) for v, label in hlines]
+
+
+def test_a_figure_spec_is_checked_when_declared():
+    with pytest.raises(ValueError, match="metric and a title"):
+        registry.Figure("", "t")
+    with pytest.raises(TypeError, match="tuple of patterns"):
+        registry.Figure("m", "t", variants="adding:*")
+    with pytest.raises(TypeError, match="value, label"):
+        registry.Figure("m", "t", hlines=((1.0,),))
+    with pytest.raises(TypeError, match="registry.Figure"):
+        registry.register(registry.Experiment("bad", "c", "a", object, {"quick": 0, "full": 0, "smoke": 0}, list, list, list, 1.0, figures=({"metric": "m"},)))
+    assert "bad" not in registry._REGISTRY
 
 
 # ---------------------------------------------------------------- killed processes

@@ -89,3 +89,68 @@ def test_each_plot_draws_svg_with_labelled_axes():
 def test_the_same_data_gives_the_same_bytes():
     args = (["a", "b"], [1.0, 2.0], [0.5, 1.0])
     assert plots.gradient_flow(*args) == plots.gradient_flow(*args)
+
+
+# ---------------------------------------------------------------------- lab figures
+from gradguard.report.data import Curve  # noqa: E402
+
+
+def _texts(svg):
+    import html
+
+    return {html.unescape(t) for t in re.findall(r"<!-- (.*?) -->", svg)}  # each text of the figure, as a comment
+
+
+def lab_curves():
+    k = np.arange(20.0)
+    return [
+        Curve("tanh-s0.5", k, 0.4**k, low=0.3**k, high=0.5**k, group=0, seeds=2),
+        Curve("tanh-s0.5: bound", k, 0.5**k, reference=True, group=0),
+        Curve("tanh-s3", k, 2.0**k, group=1),
+        Curve("tanh-s3: bound", k, 3.0**k, reference=True, group=1),
+        Curve("lstm", k, np.r_[0.7 ** k[:12], [np.nan] * 8], group=2),  # stops being finite at k = 11
+    ]
+
+
+def test_lab_figure_draws_lines_references_levels_and_labels():
+    svg = plots.lab_figure(lab_curves(), title="Ratio k steps back", x_label="k", y_label="ratio", log_y=True, hlines=[(1.0, "level")], reference_label="bound s^k")
+    assert svg.startswith("<svg") and "<script" not in svg
+    expected = {"Ratio k steps back", "k", "ratio", "tanh-s0.5", "tanh-s3", "lstm (finite to x = 11)", "bound s^k", "last finite value", "level"}
+    assert expected <= _texts(svg), expected - _texts(svg)
+    assert "value \u2264 0 (off the log axis)" not in _texts(svg)
+
+
+def test_lab_figure_marks_values_off_the_log_axis_and_empty_lines():
+    x = np.arange(4.0)
+    curves = [Curve("a", x, np.array([1.0, 0.1, 0.0, 0.01])), Curve("b", x, np.full(4, np.nan), group=1)]
+    texts = _texts(plots.lab_figure(curves, log_y=True))
+    assert {"value \u2264 0 (off the log axis)", "b (no value > 0)"} <= texts
+    assert "a (finite to x = 3)" not in texts and "last finite value" not in texts  # 0 is finite: the line does not end
+
+
+def test_lab_figure_without_data_is_none_and_log_falls_back_to_linear():
+    x = np.arange(3.0)
+    assert plots.lab_figure([]) is None
+    assert plots.lab_figure([Curve("a", x, np.full(3, np.nan))], log_y=True) is None
+    assert plots.lab_figure([Curve("ref only", x, np.ones(3), reference=True)]) is None  # a bound alone tells nothing
+    svg = plots.lab_figure([Curve("a", x, np.array([-1.0, 0.0, 2.0]))], log_y=True)  # nothing > 0 but 2: still log
+    assert "a" in _texts(svg)
+    svg = plots.lab_figure([Curve("neg", x, np.array([-1.0, -2.0, -3.0]))], log_y=True, y_label="f")
+    assert svg is not None and "f" in _texts(svg) and "neg" in _texts(svg)  # drawn on a linear axis
+
+
+def test_references_shared_by_every_variant_are_drawn_once_in_grey():
+    x = np.arange(3.0)
+    same = [Curve(f"v{i}: init", x, np.array([1.0, 0.5, 0.25]), reference=True, group=i) for i in range(3)]
+    own = Curve("v3: init", x, np.array([1.0, 0.9, 0.8]), reference=True, group=3)
+    kept = plots._distinct_references([*same, own], plots._finite)
+    assert [(c.label, color) for c, _, color in kept] == [("v0: init", "#6b7280"), ("v3: init", plots.CYCLE[3])]
+
+
+def test_a_lab_figure_gives_the_same_bytes_for_the_same_data():
+    kwargs = {"title": "t", "x_label": "k", "log_y": True, "hlines": [(1.0, "level")], "reference_label": "bound"}
+    first = plots.lab_figure(lab_curves(), **kwargs)
+    assert first == plots.lab_figure(lab_curves(), **kwargs)
+    changed = lab_curves()
+    changed[0].y = changed[0].y * 1.5
+    assert plots.lab_figure(changed, **kwargs) != first

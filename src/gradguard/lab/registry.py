@@ -3,7 +3,9 @@
 An experiment is a module in ``gradguard.lab.experiments`` that ends with ``register(Experiment(...))``.
 It splits into jobs: one per (variant, seed), where the variants are what the experiment
 compares (clippers, cells, depths...). ``run`` does one job and returns its measured numbers;
-``judge`` reads every job's numbers and returns a ``Verdict`` by a stated criterion.
+``judge`` reads every job's numbers and returns a ``Verdict`` by a stated criterion. ``figures``
+says which list-valued metrics (curves) the report draws, and how; the runner writes them into
+``result.json``, so the report draws them from JSON alone.
 """
 
 from __future__ import annotations
@@ -51,6 +53,55 @@ class Verdict:
         return {"status": self.status, **dataclasses.asdict(self)}
 
 
+@dataclass(frozen=True)
+class Figure:
+    """A figure the report draws from a list-valued metric: one line per variant, seeds aggregated.
+
+    Metric names are paths into a job's metrics, dotted for nested dicts ("curve.df"). A metric
+    is a list of numbers or a list of [x, y] pairs.
+
+    Attributes:
+        metric: the curve drawn, one line per variant.
+        title: the figure's title.
+        x: the metric holding the x values; "" takes x from [x, y] pairs, else 0, 1, 2, ...
+        x_label, y_label: axis labels.
+        log_y: a log y axis (values <= 0 are left out).
+        reference: a metric drawn dashed in its variant's colour (a bound, a value at init).
+        reference_label: the legend's words for the dashed lines.
+        variants: shell patterns of the variants drawn (e.g. ``("adding:*",)``); empty: all.
+        hlines: constant levels drawn dotted, as (value, label), e.g. a baseline's error.
+        caption: what to read in the figure, one or two sentences.
+    """
+
+    metric: str
+    title: str
+    x: str = ""
+    x_label: str = ""
+    y_label: str = ""
+    log_y: bool = False
+    reference: str = ""
+    reference_label: str = ""
+    variants: tuple[str, ...] = ()
+    hlines: tuple[tuple[float, str], ...] = ()
+    caption: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.metric or not self.title:
+            raise ValueError(f"a Figure needs a metric and a title; got metric={self.metric!r}, title={self.title!r}.")
+        if isinstance(self.variants, str):
+            raise TypeError(f"Figure.variants is a tuple of patterns; write ({self.variants!r},) for one.")
+        for line in self.hlines:
+            if len(line) != 2 or not isinstance(line[0], (int, float)) or not isinstance(line[1], str):
+                raise TypeError(f"Figure.hlines holds (value, label) pairs; got {line!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as JSON-ready data, as ``result.json`` holds it."""
+        d = dataclasses.asdict(self)
+        d["variants"] = list(self.variants)
+        d["hlines"] = [[float(v), label] for v, label in self.hlines]
+        return d
+
+
 @dataclass
 class Context:
     """What a job gets besides its config: where to compute and where it may write files."""
@@ -83,6 +134,8 @@ class Experiment:
         short_anchor: the anchor in a few words, for the terminal table ("" = ``anchor``).
         seeds: default number of seeds per preset.
         parallel: whether spreading its jobs over processes pays (jobs of a second or more).
+        figures: the curves the report draws (see ``Figure``); none: it draws every list-valued
+            metric of equal length across jobs.
     """
 
     name: str
@@ -97,6 +150,7 @@ class Experiment:
     seeds: Mapping[str, int] = field(default_factory=lambda: {"quick": 1, "full": 5, "smoke": 1})
     parallel: bool = True
     short_anchor: str = ""
+    figures: tuple[Figure, ...] = ()
 
     def preset(self, name: str, overrides: Mapping[str, str] | None = None) -> Any:
         """The config of preset ``name`` with ``overrides`` ("field" -> text value) applied."""
@@ -136,6 +190,8 @@ def register(experiment: Experiment) -> Experiment:
     missing = [p for p in ("quick", "full", "smoke") if p not in experiment.presets]
     if missing:
         raise ValueError(f"experiment {experiment.name!r} lacks preset(s) {missing}; every experiment has quick, full and smoke.")
+    if not all(isinstance(f, Figure) for f in experiment.figures):
+        raise TypeError(f"experiment {experiment.name!r}: figures must be a tuple of registry.Figure.")
     _REGISTRY[experiment.name] = experiment
     return experiment
 

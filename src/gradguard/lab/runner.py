@@ -371,6 +371,7 @@ def _judge(p: Plan, errors: Mapping[str, str], device: str) -> dict[str, Any]:
         "environment": environment(),
         "seconds": sum(r["seconds"] for r in records if r),
         "jobs": [{"variant": r["variant"], "seed": r["seed"], "seconds": r["seconds"], "metrics": r["metrics"]} for r in records if r],
+        "figures": [f.to_dict() for f in exp.figures],  # how the report draws the curves (it never imports experiments)
         "created": time.time(),
     }
     if failed or not all(records):

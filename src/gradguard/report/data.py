@@ -78,12 +78,50 @@ class RunData:
 
 
 @dataclass
+class Curve:
+    """One line of a lab figure: a variant's curve, its seeds aggregated point by point.
+
+    ``y`` is the geometric mean over the seeds finite there when every finite value of the
+    variant is positive, else their arithmetic mean; ``low``/``high`` are the seeds' min and max
+    (None for one seed). ``reference`` marks a bound or baseline drawn dashed; ``group`` is the
+    variant's index, so that a variant and its reference share a colour.
+    """
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    reference: bool = False
+    group: int = 0
+    seeds: int = 1
+
+
+@dataclass
+class LabFigure:
+    """A figure of a lab claim: its curves and how to draw them (the experiment's declared spec,
+    or the fallback for results that declare none). ``notes`` say what was truncated or left out."""
+
+    title: str
+    metric: str
+    curves: list[Curve]
+    x_label: str = ""
+    y_label: str = ""
+    log_y: bool = False
+    reference_label: str = ""
+    hlines: list[tuple[float, str]] = field(default_factory=list)
+    caption: str = ""
+    notes: list[str] = field(default_factory=list)
+    declared: bool = True  # False: drawn by the fallback (the result declares no figure)
+
+
+@dataclass
 class Claim:
     """One lab experiment (at one preset): its claim and anchor, the verdict, the measured numbers.
 
     ``status`` is the lab's word: "pass", "fail", "not reproduced at quick scale", "error", or
     "no verdict" (jobs finished, not judged yet). ``columns``/``rows``: the verdict's measured
-    numbers; ``job_columns``/``job_rows``: every job's scalar metrics.
+    numbers; ``job_columns``/``job_rows``: every job's scalar metrics; ``figures``: its curves.
     """
 
     experiment: str
@@ -102,6 +140,7 @@ class Claim:
     job_rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     source: str = ""
+    figures: list[LabFigure] = field(default_factory=list)
 
 
 @dataclass
@@ -298,6 +337,28 @@ def versions_text(meta: dict[str, Any]) -> str:
     found = dict(meta["versions"]) if isinstance(meta.get("versions"), dict) else {}
     found.update({k[: -len("_version")]: v for k, v in meta.items() if k.endswith("_version") and k != "schema_version"})
     return ", ".join(f"{k} {v}" for k, v in found.items())
+
+
+def figure_table(fig: LabFigure, picks: int = 5) -> tuple[list[str], list[list[Any]]]:
+    """A lab figure as a table: one row per line, its values at ``picks`` x positions spread over
+    the longest line (NaN where a line has no point at that x). For Markdown and the HTML numbers."""
+    if not fig.curves:
+        return [], []
+    longest = max(fig.curves, key=lambda c: len(c.x))
+    n = len(longest.x)
+    idx = sorted({round(i * (n - 1) / (picks - 1)) for i in range(picks)}) if n > 1 and picks > 1 else list(range(n))
+    finite_x = np.abs(longest.x[np.isfinite(longest.x)])
+    span = float(finite_x.max()) if finite_x.size else 0.0
+    xs = [float(longest.x[i]) for i in idx]
+    labels = [0.0 if abs(x) < 1e-9 * span else x for x in xs]  # -1.7e-16, the middle of a float grid, reads as 0
+    rows = []
+    for c in fig.curves:
+        row: list[Any] = [c.label]
+        for x in xs:
+            hit = np.flatnonzero(np.isclose(c.x, x, rtol=1e-9, atol=0.0))
+            row.append(float(c.y[hit[0]]) if len(hit) else math.nan)
+        rows.append(row)
+    return ["line", *(f"x = {x:.4g}" for x in labels)], rows
 
 
 def severity_counts(findings: Sequence[Finding]) -> dict[str, int]:

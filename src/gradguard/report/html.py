@@ -24,7 +24,7 @@ import numpy as np
 from gradguard._extras import available, install_command
 from gradguard.report import plots
 from gradguard._finding import SEVERITIES
-from gradguard.report.data import Claim, LabData, RunData, clipper_text, clipping_stats, default_title, describe, event_details, versions_text, forward_order, severity_counts
+from gradguard.report.data import Claim, LabData, LabFigure, RunData, clipper_text, figure_table, clipping_stats, default_title, describe, event_details, versions_text, forward_order, severity_counts
 
 MAX_EVENT_ROWS = 200
 MAX_TABLE_ROWS = 400
@@ -333,11 +333,26 @@ def _claim_html(claim: Claim, lab_index: int, index: int) -> str:
     if claim.job_rows:
         right += _details(f"Per job ({len(claim.job_rows)})", _table(claim.job_columns, claim.job_rows))
     right += "".join(f'<p class="note">{esc(n)}</p>' for n in claim.notes)
+    figures = "".join(_lab_figure(f) for f in claim.figures)
     return (
         f'<article class="claim verdict-{cls}" id="lab-{lab_index}-claim-{index}" data-status="{esc(claim.status)}">'
         f'<header><span class="badge">{esc(claim.status)}</span><span class="code">{esc(claim.experiment)}</span>{facts_html}</header>'
-        f'<div class="claim-grid"><div>{left or "<p class=note>Not judged yet.</p>"}</div><div>{right}</div></div></article>'
+        f'<div class="claim-grid"><div>{left or "<p class=note>Not judged yet.</p>"}</div><div>{right}</div></div>'
+        + (f'<div class="claim-figures">{figures}</div>' if figures else "")
+        + "</article>"
     )
+
+
+def _lab_figure(fig: LabFigure) -> str:
+    """A lab figure with its caption and notes, and its numbers at a few x positions (all that
+    shows without matplotlib)."""
+    svg = _plot(plots.lab_figure, fig.curves, title=fig.title, x_label=fig.x_label, y_label=fig.y_label, log_y=fig.log_y, hlines=fig.hlines, reference_label=fig.reference_label)
+    seeds = max(c.seeds for c in fig.curves)
+    how = f"Lines: geometric mean over {seeds} seeds where all values are positive, else the mean; band: min to max over the seeds." if seeds > 1 else ""
+    caption = " ".join(esc(t) for t in (fig.caption, how, *fig.notes) if t)
+    columns, rows = figure_table(fig)
+    label = f"Numbers: {fig.title}" if svg else f"{fig.title} (numbers; the figure needs matplotlib)"
+    return _figure(svg, caption, fig.title) + _details(label, _table(columns, rows))
 
 
 def _lab_section(lab: LabData, index: int, nav: list[tuple[str, str, int]]) -> str:
@@ -446,6 +461,7 @@ dl.evidence dd{margin:0;font-variant-numeric:tabular-nums;overflow-wrap:anywhere
 .pill.verdict-pass{border-color:#abefc6} .pill.verdict-fail{border-color:#fecdca} .pill.verdict-scale{border-color:#fedf89}
 .claim-grid{display:grid;grid-template-columns:minmax(200px,1fr) 2fr;gap:18px;margin-top:8px}
 .claim-grid p{margin:0 0 10px}
+.claim-figures{margin-top:10px}
 .anchor{color:var(--muted);font-size:13px}
 .ok{color:var(--ok)}
 @media (max-width:900px){.layout{display:block;padding:0 16px 32px}nav{display:none}.claim-grid{grid-template-columns:1fr}}

@@ -10,21 +10,38 @@ The lab runner (``gradguard.lab.runner``) writes, under its ``--out`` directory:
                                                variant, seed, seconds, metrics
     <experiment>/<preset>/stores/<job>/<name>.db        run stores a job wrote
 
+``result.json`` also holds ``figures``: the experiment's figure specs (``registry.Figure`` as a
+dict: metric, title, x, x_label, y_label, log_y, reference, reference_label, variants, hlines,
+caption); results written before specs existed have none. Non-finite numbers are the strings
+"nan", "inf" and "-inf".
+
 Any directory above or at that level works. An experiment whose jobs are (partly) finished but
 not yet judged shows as "no verdict" with the finished jobs. Run stores are listed by path, not
 read: pass one to ``gradguard report`` to see it.
+
+Curves: each figure draws one line per variant, its seeds aggregated point by point (geometric
+mean when all its finite values are positive, else arithmetic; the seeds' min and max as a band).
+Seeds of unequal length are cut to the shortest, and the figure's notes say so. A result with no
+spec gets the fallback: every list of numbers with the same length in every job, against its
+index, log y when all values are positive and span more than 100x.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from gradguard.report.data import Claim, LabData
+import numpy as np
+
+from gradguard.report.data import Claim, Curve, LabData, LabFigure
 
 MAX_JOB_COLUMNS = 10  # scalar metrics shown per job; the rest stays in the JSON
+MAX_FALLBACK_FIGURES = 8  # figures drawn for a result that declares none
+_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}  # how the runner writes them
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -76,6 +93,8 @@ def claim_from_result(result: dict[str, Any], folder: Path, root: Path) -> Claim
     for key, text in (result.get("errors") or {}).items():
         last = [line for line in str(text).strip().splitlines() if line.strip()][-1:] or [""]
         notes.append(f"job {key} failed: {last[0]}")
+    figures, figure_notes = lab_figures(result.get("jobs") or [], result.get("figures"))
+    notes += figure_notes
     stores = sorted(str(p.relative_to(root)) for p in (folder / "stores").rglob("*.db")) if (folder / "stores").is_dir() else []
     if stores:
         notes.append(f"{len(stores)} run store(s) under {folder.relative_to(root) / 'stores'}; `gradguard report <store>` shows one.")
@@ -96,11 +115,13 @@ def claim_from_result(result: dict[str, Any], folder: Path, root: Path) -> Claim
         job_rows=job_rows,
         notes=notes,
         source=str(folder / "result.json"),
+        figures=figures,
     )
 
 
 def claim_in_progress(records: list[dict[str, Any]], folder: Path, root: Path) -> Claim:
     job_columns, job_rows = jobs_table(records)
+    figures, notes = lab_figures(records, None)  # no result.json yet, so no spec: the fallback
     first = records[0]
     return Claim(
         experiment=str(first.get("experiment")),
@@ -112,7 +133,9 @@ def claim_in_progress(records: list[dict[str, Any]], folder: Path, root: Path) -
         preset=str(first.get("preset", "")),
         job_columns=job_columns,
         job_rows=job_rows,
+        notes=notes,
         source=str(folder / "jobs"),
+        figures=figures,
     )
 
 
@@ -167,3 +190,217 @@ def _text(value: Any) -> str:
     if value is None:
         return "\u2014"
     return str(value) if _scalar(value) else _cell(value)
+
+
+# ---------------------------------------------------------------------- figures
+def lab_figures(jobs: list[dict[str, Any]], specs: Any) -> tuple[list[LabFigure], list[str]]:
+    """The figures of one experiment's jobs, by its declared ``specs`` (the ``figures`` list of
+    result.json), or by the fallback when it declares none. Returns (figures, notes for the claim)."""
+    parsed = [spec for spec in (_spec(raw) for raw in (specs if isinstance(specs, list) else [])) if spec]
+    declared = bool(parsed)
+    if not declared:
+        parsed = fallback_specs(jobs)
+    figures, notes = [], []
+    for spec in parsed:
+        fig, note = build_figure(jobs, spec, declared)
+        if fig is not None:
+            figures.append(fig)
+        if note:
+            notes.append(note)
+    return figures, notes
+
+
+def _spec(raw: Any) -> dict[str, Any] | None:
+    """A figure spec from result.json as a plain dict; None when it names no metric."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("metric"), str) or not raw["metric"]:
+        return None
+    hlines = []
+    for item in raw.get("hlines") or []:
+        value = _number(item[0]) if isinstance(item, list) and len(item) == 2 else None
+        if value is not None and math.isfinite(value):
+            hlines.append((value, str(item[1])))
+    variants = raw.get("variants") or []
+    return {
+        "metric": raw["metric"],
+        "title": str(raw.get("title") or raw["metric"]),
+        "x": str(raw.get("x") or ""),
+        "x_label": str(raw.get("x_label") or ""),
+        "y_label": str(raw.get("y_label") or ""),
+        "log_y": bool(raw.get("log_y")),
+        "reference": str(raw.get("reference") or ""),
+        "reference_label": str(raw.get("reference_label") or ""),
+        "variants": [str(v) for v in variants] if isinstance(variants, list) else [],
+        "hlines": hlines,
+        "caption": str(raw.get("caption") or ""),
+    }
+
+
+def fallback_specs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Specs for a result that declares none: each top-level metric that is a list of numbers of
+    one length in every job that has it (at least two points); log y decided from the values."""
+    lengths: dict[str, set[int]] = {}
+    other: set[str] = set()
+    for job in jobs:
+        for key, value in (job.get("metrics") or {}).items():
+            curve = _curve(value)
+            if curve is None or curve[0] is not None:
+                other.add(key)  # a scalar, text, a dict, or [x, y] pairs: not drawn without a spec
+            else:
+                lengths.setdefault(key, set()).add(len(curve[1]))
+    keys = [k for k, n in lengths.items() if k not in other and len(n) == 1 and next(iter(n)) >= 2]
+    return [
+        {"metric": k, "title": k.replace("_", " "), "x": "", "x_label": "index", "y_label": k, "log_y": None, "reference": "", "reference_label": "", "variants": [], "hlines": [],
+         "caption": "This result declares no figure, so every list of numbers of one length across its jobs is drawn against its index."}
+        for k in keys[:MAX_FALLBACK_FIGURES]
+    ]  # fmt: skip
+
+
+def build_figure(jobs: list[dict[str, Any]], spec: dict[str, Any], declared: bool = True) -> tuple[LabFigure | None, str]:
+    """One figure: a line per variant (and its reference); (None, why) when there is nothing to draw."""
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        variant = str(job.get("variant", ""))
+        if spec["variants"] and not any(fnmatchcase(variant, p) for p in spec["variants"]):
+            continue
+        by_variant.setdefault(variant, []).append(job.get("metrics") or {})
+    if not by_variant:
+        return None, ""  # the run has none of the variants this figure draws (e.g. a task it skipped)
+    curves: list[Curve] = []
+    notes: list[str] = []
+    missing = []
+    for group, (variant, metrics) in enumerate(by_variant.items()):
+        line = aggregate(variant, [_seed_curve(m, spec["metric"], spec["x"]) for m in metrics], notes)
+        if line is None:
+            missing.append(variant)
+            continue
+        line.group = group
+        curves.append(line)
+        if spec["reference"]:
+            ref = aggregate(f"{variant}: {spec['reference_label'] or spec['reference']}", [_seed_curve(m, spec["reference"], spec["x"]) for m in metrics], notes)
+            if ref is not None:
+                ref.reference, ref.group = True, group
+                curves.append(ref)
+    if not curves:
+        return None, f"figure {spec['title']!r} not drawn: no job has a curve in metric {spec['metric']!r}."
+    log_y = spec["log_y"]
+    if log_y is None:  # the fallback: log y when every value is positive and they span over 100x
+        values = np.concatenate([c.y[np.isfinite(c.y)] for c in curves])
+        log_y = bool(values.size) and values.min() > 0 and values.max() / values.min() > 100
+    if log_y:
+        for c in curves:
+            off = np.isfinite(c.y) & (c.y <= 0)
+            if off.any() and not c.reference:
+                i = int(np.flatnonzero(off)[0])
+                notes.append(f"{c.label}: {int(off.sum())} value(s) <= 0 (the first {c.y[i]:.4g} at x = {c.x[i]:.4g}) are off the log axis; triangles on its bottom edge mark them.")
+    if spec["x"] and all(_curve(_lookup(m, spec["x"])) is None for ms in by_variant.values() for m in ms):
+        notes.append(f"no job has the x values {spec['x']!r}; drawn against the index 0, 1, 2, ...")
+    if missing:
+        notes.append(f"drawn for {len(by_variant) - len(missing)} of {len(by_variant)} variants; no curve in {spec['metric']!r} for: {', '.join(missing)}.")
+    fig = LabFigure(
+        title=spec["title"],
+        metric=spec["metric"],
+        curves=curves,
+        x_label=spec["x_label"],
+        y_label=spec["y_label"],
+        log_y=bool(log_y),
+        reference_label=spec["reference_label"],
+        hlines=list(spec["hlines"]),
+        caption=spec["caption"],
+        notes=notes,
+        declared=declared,
+    )
+    return fig, ""
+
+
+def aggregate(label: str, seeds: list[tuple[np.ndarray | None, np.ndarray] | None], notes: list[str]) -> Curve | None:
+    """The seeds' curves of one variant as one line; None when no seed has the curve.
+
+    Point by point over the seeds finite there: the geometric mean when every finite value is
+    positive (ratios and losses spread over decades: the arithmetic mean would follow the largest
+    seed), else the arithmetic mean. Seeds of unequal length are cut to the shortest.
+    """
+    seeds = [s for s in seeds if s is not None]
+    if not seeds:
+        return None
+    n = min(len(y) for _, y in seeds)
+    longest = max(len(y) for _, y in seeds)
+    if longest != n:
+        notes.append(f"{label}: the seeds' curves have {n} to {longest} points; drawn up to the shortest ({n}).")
+    xs = [x for x, _ in seeds if x is not None]
+    if xs:
+        if min(len(x) for x in xs) < n:
+            n = min(len(x) for x in xs)
+            notes.append(f"{label}: fewer x values than points; drawn up to {n}.")
+        x = xs[0][:n]
+        if len(xs) < len(seeds) or any(not np.array_equal(other[:n], x, equal_nan=True) for other in xs[1:]):
+            notes.append(f"{label}: the seeds' x values differ; the first seed's are used.")
+    else:
+        x = np.arange(n, dtype=np.float64)
+    ys = np.stack([y[:n] for _, y in seeds])
+    ys[~np.isfinite(ys)] = np.nan  # inf (a diverged run) cannot be drawn: a gap, like a missing value
+    if len(seeds) == 1:
+        return Curve(label, x, ys[0], seeds=1)
+    finite = np.isfinite(ys)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: NaN is the right answer
+        if finite.any() and (ys[finite] > 0).all():
+            y = np.exp(np.nanmean(np.log(ys), axis=0))
+        else:
+            y = np.nanmean(ys, axis=0)
+        low, high = np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
+    y[~np.isfinite(y)] = np.nan  # the mean of two values near the float limit can overflow
+    partial = finite.any(axis=0) & ~finite.all(axis=0)
+    if partial.any():
+        notes.append(f"{label}: at {int(partial.sum())} point(s) only some seeds have a finite value; the line aggregates those.")
+    return Curve(label, x, y, low, high, seeds=len(seeds))
+
+
+def _seed_curve(metrics: dict[str, Any], path: str, x_path: str) -> tuple[np.ndarray | None, np.ndarray] | None:
+    curve = _curve(_lookup(metrics, path))
+    if curve is None:
+        return None
+    x, y = curve
+    if x_path:
+        given = _curve(_lookup(metrics, x_path))
+        x = given[1] if given is not None and given[0] is None else None
+    return x, y
+
+
+def _lookup(metrics: dict[str, Any], path: str) -> Any:
+    """``metrics[path]``, or the nested value a dotted path names ("curve.df")."""
+    if path in metrics:
+        return metrics[path]
+    node: Any = metrics
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _curve(value: Any) -> tuple[np.ndarray | None, np.ndarray] | None:
+    """A metric as (x or None, y): a list of numbers, or of [x, y] pairs; None when it is neither.
+    None and "nan" in the list are missing values (NaN); "inf" and "-inf" are the runner's infinities."""
+    if not isinstance(value, list):
+        return None
+    if value and all(isinstance(v, list) and len(v) == 2 for v in value):
+        xs, ys = [_number(v[0]) for v in value], [_number(v[1]) for v in value]
+        if None in xs or None in ys:
+            return None
+        return np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64)
+    ys = [_number(v) for v in value]
+    if None in ys:
+        return None
+    return None, np.array(ys, dtype=np.float64)
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool):
+        return None  # a list of flags is no curve
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and value in _NONFINITE:
+        return _NONFINITE[value]
+    return None

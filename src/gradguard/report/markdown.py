@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from gradguard._finding import SEVERITIES
-from gradguard.report.data import LabData, RunData, clipping_stats, default_title, describe, event_details, forward_order, severity_counts
+from gradguard.report.data import LabData, RunData, clipping_stats, figure_table, default_title, describe, event_details, forward_order, severity_counts
 
 MAX_ROWS = 40  # rows per table; the HTML report has the rest
 
@@ -161,6 +161,14 @@ def _lab(lab: LabData) -> list[str]:
                 out += [f"{label}: {text(value)}", ""]
         if claim.rows:
             out += table(claim.columns, claim.rows)
+        for fig in claim.figures:
+            # Markdown stays one self-contained file: a figure becomes its numbers at a few x
+            # positions, as the run sections give the gradient flow and time-step profiles.
+            axes = "; ".join(x for x in (f"x: {fig.x_label}" if fig.x_label else "", f"y: {fig.y_label}" + (" (log scale)" if fig.log_y else "") if fig.y_label else "") if x)
+            out += [f"Figure: {text(fig.title)}" + (f" ({text(axes)})" if axes else "") + ", drawn in the HTML report", ""]
+            out += [text(fig.caption), ""] if fig.caption else []
+            out += table(*figure_table(fig))
+            out += [f"note: {text(n)}" for n in fig.notes] + ([""] if fig.notes else [])
         out += [f"note: {text(n)}" for n in claim.notes] + ([""] if claim.notes else [])
     return out
 

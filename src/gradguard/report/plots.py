@@ -366,3 +366,102 @@ class _quiet:
 
     def __exit__(self, *exc):
         return self._ctx.__exit__(*exc)
+
+
+# ---------------------------------------------------------------------- lab
+@_styled
+def lab_figure(curves: Sequence, title: str = "", x_label: str = "", y_label: str = "", log_y: bool = False, hlines: Sequence[tuple[float, str]] = (), reference_label: str = "") -> str | None:
+    """One lab figure: a line per variant, the seeds' min-max as a band, references dashed.
+
+    ``curves``: objects with ``label``, ``x``, ``y``, ``low``, ``high`` (None without a band),
+    ``reference`` and ``group`` (``report.data.Curve``). A variant and its reference share the
+    colour of their group; references identical across variants (a shared initial state) are
+    drawn once, in grey. ``hlines``: constant levels, dotted and labelled. A line whose values
+    stop being finite ends in a cross; on a log axis, values <= 0 show as triangles on the
+    bottom edge. None when no line has a point to draw.
+    """
+    lines = [c for c in curves if not c.reference]
+    if log_y and not any(_has_positive(c.y) for c in lines):
+        log_y = False  # nothing could sit on a log axis: linear rather than an empty figure
+    clean = _positive if log_y else _finite
+    if not any(np.isfinite(clean(c.y)).any() for c in lines):
+        return None
+    from matplotlib.lines import Line2D
+
+    fig, axes = _figure(3.6)
+    ax = axes[0, 0]
+    for c, y, color in _distinct_references([c for c in curves if c.reference], clean):
+        ax.plot(np.asarray(c.x, dtype=np.float64), y, color=color, linewidth=1.0, linestyle="--", alpha=0.9)
+    handles, crossed, below = [], False, False
+    for c in lines:
+        color = CYCLE[c.group % len(CYCLE)]
+        x, raw = np.asarray(c.x, dtype=np.float64), np.asarray(c.y, dtype=np.float64)
+        y = clean(raw)
+        label = _short(c.label, 40)
+        if not np.isfinite(y).any():
+            handles.append(Line2D([], [], color=color, label=f"{label} (no {'value > 0' if log_y else 'finite value'})"))
+            continue
+        if c.low is not None and c.high is not None and len(c.low) == len(x):
+            ax.fill_between(x, clean(c.low), clean(c.high), color=color, alpha=0.15, linewidth=0)
+        finite = np.flatnonzero(np.isfinite(raw))
+        last = finite[-1]
+        if last < len(raw) - 1:  # the values stop being finite here (diverged): say where, and mark it
+            label += f" (finite to x = {x[last]:.4g})"
+            if np.isfinite(y[last]):
+                ax.plot([x[last]], [y[last]], linestyle="none", marker="x", markersize=7, markeredgewidth=1.6, color=color)
+                crossed = True
+        marker = "o" if len(x) <= 30 or np.isfinite(y).sum() < 2 else None  # a few points, or one, stay visible
+        (line,) = ax.plot(x, y, color=color, linewidth=1.3, marker=marker, markersize=3, label=label)
+        handles.append(line)
+        off = np.isfinite(raw) & ~np.isfinite(y)  # finite but <= 0: off a log axis
+        if off.any():
+            ax.plot(x[off], np.full(int(off.sum()), 0.02), linestyle="none", marker="v", markersize=5, color=color, transform=ax.get_xaxis_transform(), clip_on=False)
+            below = True
+    if any(c.reference for c in curves):
+        handles.append(Line2D([], [], color="#374151", linestyle="--", linewidth=1.0, label=reference_label or "reference (dashed)"))
+    if crossed:
+        handles.append(Line2D([], [], color="#374151", linestyle="none", marker="x", markersize=6, label="last finite value"))
+    if below:
+        handles.append(Line2D([], [], color="#374151", linestyle="none", marker="v", markersize=5, label="value ≤ 0 (off the log axis)"))
+    for value, label in hlines:
+        if log_y and value <= 0:
+            continue
+        ax.axhline(value, color=COLORS["threshold"], linestyle=":", linewidth=1.0)
+        ax.annotate(label, xy=(1, value), xycoords=("axes fraction", "data"), xytext=(-2, 2), textcoords="offset points", ha="right", fontsize=7, color=COLORS["threshold"],
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.75, "pad": 0.5})  # readable over the lines
+    if log_y:
+        ax.set_yscale("log")
+        values = np.concatenate([clean(c.y)[np.isfinite(clean(c.y))] for c in lines])
+        if values.max() / values.min() < 100:  # under two decades: label 1-2-5 steps, not one lonely power of 10
+            from matplotlib.ticker import FuncFormatter, LogLocator
+
+            ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    if title:
+        ax.set_title(title, loc="left")
+    if len(handles) > 5:  # many entries: beside the axes, where they cover no line
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7)
+    else:
+        ax.legend(handles=handles, loc="best")
+    return _svg(fig)
+
+
+def _finite(values) -> np.ndarray:
+    a = np.asarray(values, dtype=np.float64)
+    return np.where(np.isfinite(a), a, np.nan)
+
+
+def _distinct_references(refs: Sequence, clean) -> list[tuple]:
+    """(curve, cleaned y, colour) per reference, each distinct one once: the variant's colour, or
+    grey when several variants share it (e.g. the same initial network in every variant)."""
+    kept: list[list] = []
+    for c in refs:
+        y = clean(c.y)
+        same = next((k for k in kept if len(k[1]) == len(y) and np.array_equal(k[1], y, equal_nan=True) and np.array_equal(k[0].x, c.x)), None)
+        if same is not None:
+            same[2] += 1
+        else:
+            kept.append([c, y, 1])
+    return [(c, y, "#6b7280" if count > 1 else CYCLE[c.group % len(CYCLE)]) for c, y, count in kept]
