@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from fnmatch import fnmatchcase
 
 import pytest
 
 from gradguard.lab import registry, runner
 from gradguard.lab.registry import STATUS_FAIL, STATUS_PASS, STATUS_SCALE, Verdict
+from gradguard.report import data
 
 NAMES = registry.names()
 STATUSES = {STATUS_PASS, STATUS_FAIL, STATUS_SCALE}
@@ -47,6 +49,16 @@ def test_smoke_preset_writes_a_well_formed_result(name, tmp_path):
     assert on_disk["config"] == json.loads(json.dumps(runner._strict(dataclasses.asdict(exp.presets["smoke"]))))
     jobs = list((tmp_path / name / "smoke" / "jobs").glob("*.json"))
     assert len(jobs) == len(result["jobs"])
+    # every experiment declares its figures, and each one whose variants ran draws every one of them
+    assert exp.figures and on_disk["figures"] == [f.to_dict() for f in exp.figures]
+    ran = exp.variants(exp.presets["smoke"])
+    expected = [f for f in exp.figures if not f.variants or any(fnmatchcase(v, p) for v in ran for p in f.variants)]
+    (claim,) = data.load(tmp_path)[0].claims
+    assert [f.title for f in claim.figures] == [f.title for f in expected], claim.notes
+    for spec, fig in zip(expected, claim.figures):
+        lines = [c.label for c in fig.curves if not c.reference]
+        assert lines == [v for v in ran if not spec.variants or any(fnmatchcase(v, p) for p in spec.variants)], fig.notes
+        assert not [n for n in fig.notes if "drawn for" in n or "x values" in n], fig.notes
 
 
 @pytest.mark.parametrize("name", ["activations", "bptt"])

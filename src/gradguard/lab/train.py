@@ -90,3 +90,16 @@ def curve(values: np.ndarray, points: int = 50) -> list[float]:
     if len(values) <= points:
         return values.tolist()
     return [float(w.mean()) for w in np.array_split(values, points)]
+
+
+def curve_steps(n: int, points: int = 50) -> list[float]:
+    """The training step (1-based) at the middle of each of ``curve``'s windows: its x axis."""
+    steps = np.arange(1, n + 1, dtype=np.float64)
+    if n <= points:
+        return steps.tolist()
+    return [float(w.mean()) for w in np.array_split(steps, points)]
+
+
+def loss_curve(history) -> dict[str, list[float]]:
+    """``loss_curve`` (the training loss, windowed by ``curve``) and ``loss_curve_step`` (its x)."""
+    return {"loss_curve": curve(history.loss), "loss_curve_step": curve_steps(len(history.loss))}

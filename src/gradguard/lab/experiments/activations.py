@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from gradguard.lab.models import ACTIVATIONS
-from gradguard.lab.registry import Context, Experiment, Verdict, register
+from gradguard.lab.registry import Context, Experiment, Figure, Verdict, register
 
 CLAIM = "The sigmoid's derivative never exceeds 1/4 and tanh's never exceeds 1, so a sigmoid layer shrinks the back-propagated error at least 4x; both saturate (f' ~ 0) for large |x|, ReLU for every x < 0."
 ANCHOR = "Pascanu et al. 2013, section 2.1: ||diag(f'(x))|| <= gamma with gamma = 1/4 for sigmoid, 1 for tanh"
@@ -105,5 +105,18 @@ EXPERIMENT = register(
         short_anchor="Pascanu 2013 sec. 2.1: gamma = 1/4 (sigmoid), 1 (tanh)",
         seeds={"quick": 1, "full": 1, "smoke": 1},
         parallel=False,
+        figures=(
+            Figure("curve.f", "The activations f(x)", x="curve.x", x_label="x", y_label="f(x)"),
+            Figure(
+                "curve.df",
+                "Their derivatives f'(x)",
+                x="curve.x",
+                x_label="x",
+                y_label="f'(x)",
+                hlines=((0.25, "1/4: the sigmoid's largest f'"), (1.0, "1: tanh's largest f'")),
+                caption="f' multiplies the error signal at every layer: where it is near 0 (large |x| for sigmoid and tanh, x < 0 for ReLU) "
+                "the unit is saturated and passes almost nothing back.",
+            ),
+        ),
     )
 )

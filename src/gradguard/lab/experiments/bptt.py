@@ -18,7 +18,7 @@ import torch
 
 import gradguard as gg
 from gradguard.lab.models import SeqModel
-from gradguard.lab.registry import Context, Experiment, Verdict, register
+from gradguard.lab.registry import Context, Experiment, Figure, Verdict, register
 
 CLAIM = (
     "With largest singular value s, a tanh RNN's error signal k steps back is at most s^k times its value at the "
@@ -140,5 +140,18 @@ EXPERIMENT = register(
         short_anchor="Pascanu 2013 sec. 2.1 bound; papers.md 10.2 at k=10: 8.4e-3 (0.9), 0.35 (1.5), 15.4 (3)",
         seeds={"quick": 3, "full": 3, "smoke": 1},
         parallel=False,
+        figures=(
+            Figure(
+                "ratio",
+                "Error signal k steps back, relative to the last step",
+                x_label="k (time steps back from the last)",
+                y_label="‖dL/dh_(T-k)‖ / ‖dL/dh_T‖",
+                log_y=True,
+                reference="bound",
+                reference_label="Pascanu's bound s^k",
+                caption="A straight line on this log axis is geometric decay or growth. Each tanh line stays under its dashed bound s^k; "
+                "at s = 1.5 saturation keeps it far below; at s = 3 it grows. LSTM and GRU have no bound drawn.",
+            ),
+        ),
     )
 )

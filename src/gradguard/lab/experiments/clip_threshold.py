@@ -24,9 +24,9 @@ import torch
 
 import gradguard as gg
 from gradguard.lab.models import SeqModel
-from gradguard.lab.registry import Context, Experiment, Verdict, register
+from gradguard.lab.registry import Context, Experiment, Figure, Verdict, register
 from gradguard.lab.tasks import Sunspots
-from gradguard.lab.train import evaluate, fit, history_summary, make_optimizer, tail_mean
+from gradguard.lab.train import evaluate, fit, history_summary, loss_curve, make_optimizer, tail_mean
 
 CLAIM = (
     "Thresholds from half to ten times the average gradient norm still let training converge; the 'start small "
@@ -65,7 +65,7 @@ def train(cfg: Config, task: Sunspots, clip, lr: float, steps: int, seed: int, c
     fit(model, task, opt, guard, steps=steps, batch=cfg.batch, seed=seed, device=ctx.device)  # the same batches for every threshold
     x_test, y_test = task.test_set()
     test = evaluate(model, task, x_test, y_test)
-    return {"test_mse": test["error"], "final_train_loss": tail_mean(guard.history.loss), **history_summary(guard.history)}, guard
+    return {"test_mse": test["error"], "final_train_loss": tail_mean(guard.history.loss), **history_summary(guard.history), **loss_curve(guard.history)}, guard
 
 
 def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
@@ -146,5 +146,17 @@ EXPERIMENT = register(
         quick_seconds=18.0,
         short_anchor="Pascanu 2013 sec. 3.2: 0.5-10x the average norm converges",
         seeds={"quick": 2, "full": 5, "smoke": 1},
+        figures=(
+            Figure(
+                "loss_curve",
+                "Training loss at each clipping threshold",
+                x="loss_curve_step",
+                x_label="training step (window means)",
+                y_label="training MSE (standardised)",
+                log_y=True,
+                caption="Too small a threshold crawls, none at all diverges (a cross marks a line's last finite value); "
+                "'recommended' is gradguard's threshold from the probe run.",
+            ),
+        ),
     )
 )

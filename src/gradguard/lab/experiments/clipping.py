@@ -21,9 +21,9 @@ import torch
 
 import gradguard as gg
 from gradguard.lab.models import SeqModel
-from gradguard.lab.registry import Context, Experiment, Verdict, register
+from gradguard.lab.registry import Context, Experiment, Figure, Verdict, register
 from gradguard.lab.tasks import Adding
-from gradguard.lab.train import curve, evaluate, fit, history_summary, make_optimizer, tail_mean
+from gradguard.lab.train import evaluate, fit, history_summary, loss_curve, make_optimizer, tail_mean
 
 CLAIM = (
     "At a learning rate where an unclipped tanh RNN diverges (its gradient norm overflows), clipping the global "
@@ -86,7 +86,7 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
         "diverged": not math.isfinite(test["error"]) or test["error"] > 10 * baseline,
         "baseline_mse": baseline,
         "max_step_norm": float(guard.history.norm_after.max()),
-        "loss_curve": curve(guard.history.loss),
+        **loss_curve(guard.history),
         **history_summary(guard.history),
     }
 
@@ -128,5 +128,17 @@ EXPERIMENT = register(
         quick_seconds=15.0,
         short_anchor="Pascanu 2013 sec. 3.2 (norm clipping); ZClip 2025 Fig. 1",
         seeds={"quick": 1, "full": 5, "smoke": 1},
+        figures=(
+            Figure(
+                "loss_curve",
+                "Training loss under each clipper",
+                x="loss_curve_step",
+                x_label="training step (window means)",
+                y_label="training MSE",
+                log_y=True,
+                hlines=((1 / 6, "baseline: predict 1 (MSE 1/6)"),),
+                caption="A line that climbs by decades or stops (a cross: its last finite value) has diverged; a clipped run stays near the baseline.",
+            ),
+        ),
     )
 )

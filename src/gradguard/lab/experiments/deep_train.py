@@ -15,9 +15,9 @@ import torch
 
 import gradguard as gg
 from gradguard.lab.models import DeepMLP
-from gradguard.lab.registry import Context, Experiment, Verdict, register
+from gradguard.lab.registry import Context, Experiment, Figure, Verdict, register
 from gradguard.lab.tasks import Digits
-from gradguard.lab.train import evaluate, fit, history_summary, make_optimizer, tail_mean
+from gradguard.lab.train import evaluate, fit, history_summary, loss_curve, make_optimizer, tail_mean
 
 CLAIM = (
     "A depth-20 sigmoid MLP at the default init stays at chance on digits (its error signal vanishes); "
@@ -82,6 +82,7 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
         "init_error_ratio": init_error_ratio,
         "chance_error": task.baseline().error,
         **history_summary(guard.history),
+        **loss_curve(guard.history),
     }
 
 
@@ -118,5 +119,17 @@ EXPERIMENT = register(
         quick_seconds=8.0,
         short_anchor="Glorot & Bengio 2010; He 2015; Ioffe & Szegedy 2015 (sigmoid at chance without BN)",
         seeds={"quick": 1, "full": 5, "smoke": 1},
+        figures=(
+            Figure(
+                "loss_curve",
+                "Training loss of the depth-20 MLP, five ways",
+                x="loss_curve_step",
+                x_label="training step (window means)",
+                y_label="training cross-entropy",
+                log_y=True,
+                hlines=((2.302585, "chance: ln 10"),),
+                caption="A line that stays at ln 10 has not learned: its error signal does not reach the early layers.",
+            ),
+        ),
     )
 )

@@ -14,9 +14,9 @@ import torch
 
 import gradguard as gg
 from gradguard.lab.models import SmallCNN
-from gradguard.lab.registry import Context, Experiment, Verdict, register
+from gradguard.lab.registry import Context, Experiment, Figure, Verdict, register
 from gradguard.lab.tasks import Digits
-from gradguard.lab.train import evaluate, fit, history_summary, make_optimizer, tail_mean
+from gradguard.lab.train import evaluate, fit, history_summary, loss_curve, make_optimizer, tail_mean
 
 CLAIM = (
     "A plain depth-20 CNN at PyTorch's default init stays at chance on digits; BatchNorm or residual connections "
@@ -73,6 +73,7 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
         "final_train_loss": tail_mean(guard.history.loss),
         "init_error_ratio": init_error_ratio,
         **history_summary(guard.history),
+        **loss_curve(guard.history),
     }
 
 
@@ -114,5 +115,17 @@ EXPERIMENT = register(
         quick_seconds=28.0,
         short_anchor="He et al. 2016: ResNet-20 8.75% on CIFAR-10; plain nets train worse",
         seeds={"quick": 1, "full": 5, "smoke": 1},
+        figures=(
+            Figure(
+                "loss_curve",
+                "Training loss of the depth-20 CNN, four ways",
+                x="loss_curve_step",
+                x_label="training step (window means)",
+                y_label="training cross-entropy",
+                log_y=True,
+                hlines=((2.302585, "chance: ln 10"),),
+                caption="A line that stays at ln 10 has not learned: its error signal does not reach the early layers.",
+            ),
+        ),
     )
 )

@@ -20,7 +20,7 @@ import torch
 
 import gradguard as gg
 from gradguard.lab.models import SeqModel
-from gradguard.lab.registry import Context, Experiment, Verdict, register
+from gradguard.lab.registry import Context, Experiment, Figure, Verdict, register
 from gradguard.lab.tasks import make_task
 from gradguard.lab.train import evaluate, history_summary, make_optimizer
 
@@ -162,5 +162,35 @@ EXPERIMENT = register(
         quick_seconds=25.0,
         short_anchor="uRNN 2016 sec. 4.2: LSTM solves adding to T=400, tanh RNN never; Pascanu 2013 Fig. 7",
         seeds={"quick": 1, "full": 3, "smoke": 1},
+        figures=(
+            Figure(
+                "error_curve",
+                "Adding problem: evaluation MSE while training",
+                x_label="training step",
+                y_label="MSE on the evaluation set",
+                log_y=True,
+                variants=("adding:*",),
+                hlines=((1 / 6, "baseline: predict 1"), (1 / 60, "solved: a tenth of it")),
+                caption="One line per cell and length; a line ends where its job stopped, solved. Below the lower dotted line is solved.",
+            ),
+            Figure(
+                "error_curve",
+                "Temporal order: share misclassified while training",
+                x_label="training step",
+                y_label="share misclassified (evaluation set)",
+                variants=("temporal-order:*",),
+                hlines=((0.75, "chance (4 classes)"), (0.01, "solved: under 1%")),
+                caption="One line per cell and length; a line ends where its job stopped, solved.",
+            ),
+            Figure(
+                "error_curve",
+                "Copy memory: evaluation cross-entropy while training",
+                x_label="training step",
+                y_label="cross-entropy on the evaluation set",
+                log_y=True,
+                variants=("copy:*",),
+                caption="The memoryless baseline is 10 ln 8 / (T + 20): it differs per length, so the verdict table carries it.",
+            ),
+        ),
     )
 )

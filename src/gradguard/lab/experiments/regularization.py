@@ -19,7 +19,7 @@ import torch
 
 import gradguard as gg
 from gradguard.lab.models import SeqModel
-from gradguard.lab.registry import Context, Experiment, Verdict, register
+from gradguard.lab.registry import Context, Experiment, Figure, Verdict, register
 from gradguard.lab.tasks import TemporalOrder
 from gradguard.lab.train import evaluate, history_summary, make_optimizer, tail_mean
 
@@ -57,10 +57,10 @@ def variants(cfg: Config) -> list[str]:
     return list(cfg.penalties)
 
 
-def time_ratio(model, task, x, y) -> float:
-    """||dL/dh_0|| / ||dL/dh_T||: how much of the error reaches the first step."""
-    norms = gg.rnn.timestep_grad_norms(model, lambda: task.loss(model(x), y))
-    return float(norms[0] / norms[-1])
+def time_profile(model, task, x, y) -> list[float]:
+    """||dL/dh_t|| / ||dL/dh_T|| for every t: how much of the error reaches each step; [0] is the claim's ratio."""
+    norms = gg.rnn.timestep_grad_norms(model, lambda: task.loss(model(x), y)).double()
+    return (norms / norms[-1]).tolist()
 
 
 def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
@@ -69,7 +69,7 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
     x_flow, y_flow = x_eval[:200].to(ctx.device), y_eval[:200].to(ctx.device)
     torch.manual_seed(seed)
     model = SeqModel("rnn", task.input_size, task.output_size, hidden=cfg.hidden).to(ctx.device)
-    ratio_before = time_ratio(model, task, x_flow, y_flow)
+    flow_before = time_profile(model, task, x_flow, y_flow)
     opt = make_optimizer("sgd", model.parameters(), cfg.lr)
     guard = gg.Guard(model, clip=cfg.clip, log_every=50, store=ctx.store_path(variant), name=f"regularization {variant}")
     omega = gg.rnn.NormPreservingPenalty(model.rnn, weight=cfg.omega) if variant == "omega" else None  # armed from here on
@@ -92,9 +92,12 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
     if omega is not None:
         omega.close()
     test = evaluate(model, task, x_eval, y_eval)
+    flow_after = time_profile(model, task, x_flow, y_flow)
     return {
-        "ratio_before": ratio_before,
-        "ratio_after": time_ratio(model, task, x_flow, y_flow),
+        "ratio_before": flow_before[0],
+        "ratio_after": flow_after[0],
+        "flow_before": flow_before,
+        "flow_after": flow_after,
         "test_error": test["error"],
         "chance_error": task.baseline().error,
         "final_train_loss": tail_mean(guard.history.loss),
@@ -142,5 +145,17 @@ EXPERIMENT = register(
         quick_seconds=25.0,
         short_anchor="Pascanu 2013 sec. 3.3 and Fig. 7 (Omega)",
         seeds={"quick": 1, "full": 5, "smoke": 1},
+        figures=(
+            Figure(
+                "flow_after",
+                "Error signal per time step after training, relative to the last step",
+                x_label="time step t",
+                y_label="‖dL/dh_t‖ / ‖dL/dh_T‖",
+                log_y=True,
+                reference="flow_before",
+                reference_label="at initialisation",
+                caption="The further left a line stays high, the more of the error reaches the early steps; the claim compares t = 0.",
+            ),
+        ),
     )
 )

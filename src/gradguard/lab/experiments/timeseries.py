@@ -15,9 +15,9 @@ import torch
 
 import gradguard as gg
 from gradguard.lab.models import SeqModel
-from gradguard.lab.registry import Context, Experiment, Verdict, register
+from gradguard.lab.registry import Context, Experiment, Figure, Verdict, register
 from gradguard.lab.tasks import Sunspots
-from gradguard.lab.train import curve, evaluate, fit, history_summary, make_optimizer, tail_mean
+from gradguard.lab.train import evaluate, fit, history_summary, loss_curve, make_optimizer, tail_mean
 
 CLAIM = "A tanh RNN, an LSTM and a GRU, trained with norm clipping, all forecast next year's sunspot number better than persistence."
 ANCHOR = "persistence forecast on the held-out years 1949-2008 (measured: MSE 0.88 in standardised units); statsmodels' sunspots, papers.md 11"
@@ -60,7 +60,7 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
         "relative_to_persistence": test["error"] / persistence,
         "test_rmse_sunspots": test["error"] ** 0.5 * task.scale,  # in sunspot-number units
         "final_train_loss": tail_mean(guard.history.loss),
-        "loss_curve": curve(guard.history.loss),
+        **loss_curve(guard.history),
         **history_summary(guard.history),
     }
 
@@ -90,5 +90,16 @@ EXPERIMENT = register(
         quick_seconds=9.0,
         short_anchor="persistence forecast (measured MSE 0.88)",
         seeds={"quick": 2, "full": 5, "smoke": 1},
+        figures=(
+            Figure(
+                "loss_curve",
+                "Training loss of each cell on sunspots",
+                x="loss_curve_step",
+                x_label="training step (window means)",
+                y_label="training MSE (standardised)",
+                log_y=True,
+                caption="The verdict compares test MSE with the persistence forecast's; these are the training losses on the way there.",
+            ),
+        ),
     )
 )
