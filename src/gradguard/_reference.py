@@ -6,6 +6,7 @@ The fused fast paths are tested against these, and the benchmarks time them as t
 
 from __future__ import annotations
 
+import copy
 import fnmatch
 import math
 from collections.abc import Callable, Sequence
@@ -109,3 +110,37 @@ class ZClipReference:
         self.mean = self.alpha * self.mean + (1 - self.alpha) * x
         self.var = self.alpha * self.var + (1 - self.alpha) * (x - self.mean) ** 2
         return after
+
+
+# Largest derivative of each bounded activation (the probe's saturation is relative to it).
+_MAX_DERIVATIVE = {"Tanh": 1.0, "Sigmoid": 0.25, "Softsign": 1.0, "Hardtanh": 1.0, "Hardsigmoid": 1.0 / 6.0}
+
+
+def activation_stats(module: torch.nn.Module, x: Tensor, saturation_fraction: float = 0.1) -> dict[str, float]:
+    """The activation probe's numbers, the slow way: derivatives from autograd, units one by one.
+
+    ``module`` is applied to a float64 copy of ``x`` that is not modified in place.
+    """
+    from torch import nn
+
+    x = x.detach().double().clone().requires_grad_(True)
+    fresh = copy.deepcopy(module)
+    if hasattr(fresh, "inplace"):
+        fresh.inplace = False
+    y = fresh(x)
+    out = {"preact_mean": x.mean().item(), "preact_std": math.sqrt(((x - x.mean()) ** 2).mean().item())}
+    if isinstance(module, (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish)):
+        unit = 1 if x.ndim >= 4 else x.ndim - 1
+        units = x.detach().movedim(unit, 0).reshape(x.shape[unit], -1) if x.ndim > 1 else x.detach().reshape(-1, 1)
+        dead = 0
+        for values in units:
+            off = bool((values <= 0).all())
+            if isinstance(module, nn.ReLU6):
+                off = off or bool((values >= 6).all())
+            dead += off
+        out["dead_fraction"] = dead / len(units)
+    else:
+        (derivative,) = torch.autograd.grad(y.sum(), x)
+        relative = derivative / _MAX_DERIVATIVE[type(module).__name__]
+        out["saturation"] = (relative < saturation_fraction).double().mean().item()
+    return out
