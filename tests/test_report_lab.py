@@ -238,3 +238,20 @@ def test_jobs_in_progress_get_fallback_figures(tmp_path):
     (lab,) = data.load(tmp_path)
     (fig,) = lab.claims[0].figures
     assert lab.claims[0].status == "no verdict" and fig.curves[0].y == pytest.approx([1.0, np.sqrt(0.1 * 0.01)])
+
+
+def test_without_matplotlib_lab_figures_become_their_numbers(tmp_path, monkeypatch):
+    from gradguard.report import html
+
+    monkeypatch.setattr(html, "available", lambda name: name != "matplotlib")
+    write_result(tmp_path / "lab", "bptt", bptt_jobs(1), [BPTT_SPEC])
+    page = write_report(tmp_path / "lab", tmp_path / "r.html").read_text()
+    assert "<figure>" not in page and "Ratio k steps back (numbers; the figure needs matplotlib)" in page
+    assert "<th>x = 0</th>" in page and "<td>tanh-s3: bound s^k</td>" in page
+
+
+def test_a_figure_with_nothing_finite_says_so_instead_of_drawing(tmp_path):
+    pytest.importorskip("matplotlib")
+    write_result(tmp_path / "lab", "clipping", [_job("none", 0, loss_curve=["inf", "nan", None])], [{"metric": "loss_curve", "title": "Loss", "log_y": True}])
+    page = write_report(tmp_path / "lab", tmp_path / "r.html").read_text()
+    assert "<figure>" not in page and "Loss (numbers; no finite value to draw)" in page

@@ -8,7 +8,8 @@ of figures.
 
 Order, per the issue: findings first (most urgent first, coloured by severity), then for each run
 the gradient flow, the total-norm timeline, the per-time-step heatmap, saturation and dead units,
-clipping statistics, update-to-weight ratio and events; then each lab claim beside its anchor.
+clipping statistics, update-to-weight ratio and events; then each lab claim beside its anchor,
+with the figures its experiment declares (or, for results that declare none, its list metrics).
 """
 
 from __future__ import annotations
@@ -348,10 +349,13 @@ def _lab_figure(fig: LabFigure) -> str:
     shows without matplotlib)."""
     svg = _plot(plots.lab_figure, fig.curves, title=fig.title, x_label=fig.x_label, y_label=fig.y_label, log_y=fig.log_y, hlines=fig.hlines, reference_label=fig.reference_label)
     seeds = max(c.seeds for c in fig.curves)
-    how = f"Lines: geometric mean over {seeds} seeds where all values are positive, else the mean; band: min to max over the seeds." if seeds > 1 else ""
+    how = f"Each line: the geometric mean over up to {seeds} seeds where all its values are positive, else the mean; band: min to max over the seeds." if seeds > 1 else ""
     caption = " ".join(esc(t) for t in (fig.caption, how, *fig.notes) if t)
     columns, rows = figure_table(fig)
-    label = f"Numbers: {fig.title}" if svg else f"{fig.title} (numbers; the figure needs matplotlib)"
+    if svg:
+        label = f"Numbers: {fig.title}"
+    else:
+        label = f"{fig.title} (numbers; {'the figure needs matplotlib' if not available('matplotlib') else 'no finite value to draw'})"
     return _figure(svg, caption, fig.title) + _details(label, _table(columns, rows))
 
 

@@ -241,7 +241,7 @@ def fallback_specs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     lengths: dict[str, set[int]] = {}
     other: set[str] = set()
     for job in jobs:
-        for key, value in (job.get("metrics") or {}).items():
+        for key, value in _metrics(job).items():
             curve = _curve(value)
             if curve is None or curve[0] is not None:
                 other.add(key)  # a scalar, text, a dict, or [x, y] pairs: not drawn without a spec
@@ -262,7 +262,7 @@ def build_figure(jobs: list[dict[str, Any]], spec: dict[str, Any], declared: boo
         variant = str(job.get("variant", ""))
         if spec["variants"] and not any(fnmatchcase(variant, p) for p in spec["variants"]):
             continue
-        by_variant.setdefault(variant, []).append(job.get("metrics") or {})
+        by_variant.setdefault(variant, []).append(_metrics(job))
     if not by_variant:
         return None, ""  # the run has none of the variants this figure draws (e.g. a task it skipped)
     curves: list[Curve] = []
@@ -355,6 +355,11 @@ def aggregate(label: str, seeds: list[tuple[np.ndarray | None, np.ndarray] | Non
     return Curve(label, x, y, low, high, seeds=len(seeds))
 
 
+def _metrics(job: dict[str, Any]) -> dict[str, Any]:
+    metrics = job.get("metrics")
+    return metrics if isinstance(metrics, dict) else {}  # a hand-edited or foreign file: no curves, no crash
+
+
 def _seed_curve(metrics: dict[str, Any], path: str, x_path: str) -> tuple[np.ndarray | None, np.ndarray] | None:
     curve = _curve(_lookup(metrics, path))
     if curve is None:
@@ -362,7 +367,8 @@ def _seed_curve(metrics: dict[str, Any], path: str, x_path: str) -> tuple[np.nda
     x, y = curve
     if x_path:
         given = _curve(_lookup(metrics, x_path))
-        x = given[1] if given is not None and given[0] is None else None
+        if given is not None and given[0] is None:
+            x = given[1]
     return x, y
 
 
