@@ -120,6 +120,42 @@ def test_timesteps_probe_records_per_step_norms_for_a_recurrent_model():
     assert found["VANISHING_GRADIENT"].evidence["spectrum"]["side"] == "below"
 
 
+def test_probe_values_reach_the_host_in_one_copy_per_device_not_one_per_value():
+    """On an accelerator each device-to-host copy is a synchronisation; a probe step of a deep model
+    yields hundreds of values. The copies made at a flush must not grow with their number."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountCopies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.copies = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__.startswith(("_to_copy", "copy_")):
+                self.copies += 1
+            return func(*args, **(kwargs or {}))
+
+    model = mlp(depth=6)
+    guard = gg.Guard(model, probes="business", probe_every=1, log_every=1000, spike_z=None)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step in range(2):  # every step probes; the values wait in the monitor until the flush
+        nn.functional.mse_loss(model(X[:32])[:, :1], Y[:32]).backward()
+        guard.step(opt)
+        opt.zero_grad()
+    pending = len(guard.monitor._pending)
+    assert pending > 40
+    with CountCopies() as counter:
+        guard.monitor.flush(_empty_chunk(guard))
+    assert counter.copies <= 4, f"{counter.copies} copies for {pending} values"
+    assert all(len(entry) for _, entry in guard.monitor.records["error_norm"])
+
+
+def _empty_chunk(guard):
+    from gradguard._history import SCALARS, Chunk
+
+    return Chunk(np.zeros(0, dtype=np.int64), {k: np.zeros(0) for k in SCALARS}, guard.module_names, np.zeros((0, len(guard.module_names))))
+
+
 # ---------------------------------------------------------------- spikes
 def test_spike_forensics_names_the_first_module_to_deviate():
     model = mlp(depth=3)

@@ -145,7 +145,7 @@ class Monitor:
     def flush(self, chunk: Chunk) -> None:
         """Records to the host (one transfer), then the store, then spike forensics."""
         if self._pending:
-            values = torch.stack([v.detach().to(torch.float64).reshape(()).cpu() for *_, v in self._pending]).tolist()
+            values = _to_host([v for *_, v in self._pending])
             grouped: dict[tuple[int, str], dict[str, float]] = {}
             for (step, metric, module, _), value in zip(self._pending, values):
                 grouped.setdefault((step, metric), {})[module] = value
@@ -203,3 +203,17 @@ class Monitor:
 def _timestep_probes(model: nn.Module) -> dict[str, TimestepProbe]:
     """One per-time-step probe per recurrent module (SimpleRNN, nn.RNN, nn.LSTM, nn.GRU)."""
     return {name: TimestepProbe(module) for name, module in model.named_modules() if is_recurrent(module)}
+
+
+def _to_host(values: list[Tensor]) -> list[float]:
+    """0-dim tensors to Python floats with one device-to-host copy per device (not one per value:
+    on an accelerator every copy is a synchronisation, and a probe step yields hundreds)."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, v in enumerate(values):
+        by_device.setdefault(v.device, []).append(i)
+    out = [0.0] * len(values)
+    for idx in by_device.values():
+        stacked = torch.stack([values[i].detach().reshape(()) for i in idx]).to(torch.float64).cpu().tolist()
+        for i, value in zip(idx, stacked):
+            out[i] = value
+    return out
