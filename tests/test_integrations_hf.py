@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import copy
 import importlib
+import json
 import math
 import os
+import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -23,6 +27,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, 
 
 from gradguard.integrations.huggingface import GradGuardCallback  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 FAULT_STEP = 2  # state.global_step whose gradients get a NaN (the Trainer logs it as step 3)
 CLIP = 0.5
 
@@ -140,6 +145,78 @@ def test_max_consecutive_skips_stops_training_with_a_clear_error(tmp_path):
     trainer = Trainer(model=tiny_gpt2(), args=arguments(tmp_path, max_steps=4), train_dataset=Tokens(), callbacks=callbacks)
     with pytest.raises(gg.NonFiniteGradientError, match="3 optimizer steps in a row"):
         trainer.train()
+
+
+# ---------------------------------------------------------------------------- bf16 autocast
+def test_bf16_autocast_on_cpu_guard_sees_float32_gradients_and_skips_a_nan_step(tmp_path):
+    """bf16=True on CPU: the forward runs under bf16 autocast, the parameters and so the gradients
+    stay float32; Guard measures those, and a NaN step is still skipped with the schedule held."""
+
+    class Recorder(TrainerCallback):
+        def __init__(self):
+            self.grad_dtypes, self.raw_norms, self.lr_steps = [], [], []
+
+        def on_pre_optimizer_step(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            self.grad_dtypes.append({g.dtype for g in grads})
+            self.raw_norms.append(torch.nn.utils.get_total_norm(grads).item())
+            if state.global_step == 1:
+                model.lm_head.weight.grad.view(-1)[0] = math.nan
+            self._schedule = lr_scheduler.last_epoch
+
+        def on_step_end(self, args, state, control, lr_scheduler=None, **kwargs):
+            self.lr_steps.append(lr_scheduler.last_epoch - self._schedule)
+
+    model = tiny_gpt2()
+    activations = []
+    model.transformer.h[0].mlp.c_fc.register_forward_hook(lambda mod, inputs, out: activations.append(out.dtype))
+    recorder, callback = Recorder(), GradGuardCallback(clip=CLIP)
+    trainer = Trainer(model=model, args=arguments(tmp_path, max_steps=4, bf16=True), train_dataset=Tokens(), callbacks=[recorder, callback])
+    assert trainer.accelerator.mixed_precision == "bf16"
+    trainer.train()
+    assert activations and set(activations) == {torch.bfloat16}  # the forward did run in bf16
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert recorder.grad_dtypes == [{torch.float32}] * 4
+    h = callback.guard.history
+    assert h.skipped.tolist() == [False, True, False, False]
+    assert recorder.lr_steps == [1, 0, 1, 1]
+    kept = ~h.skipped
+    assert np.isfinite(h.norm_before[kept]).all() and np.isfinite(h.norm_after[kept]).all()
+    assert np.isfinite(h.module_norms[kept]).all()
+    raw = np.array(recorder.raw_norms)[kept]
+    np.testing.assert_allclose(h.norm_before[kept], raw, rtol=1e-6)  # the float32 gradients' norm
+    np.testing.assert_allclose(h.norm_after[kept], np.minimum(raw, CLIP), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------- DDP
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()), reason="needs torch.distributed with gloo"
+)
+def test_ddp_two_cpu_ranks_skip_a_nan_that_one_rank_saw_and_hold_the_schedule(tmp_path):
+    # CPU ranks even on a GPU machine: two ranks cannot share one GPU under nccl.
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / "_hf_ddp_job.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    skipped = [False, False, True, False, False]  # rank 1 alone saw the NaN, at the third step
+    for r, rank in enumerate(ranks):
+        assert (rank["rank"], rank["world_size"], rank["backend"], rank["ddp"]) == (r, 2, "gloo", "DistributedDataParallel")
+        assert rank["global_step"] == len(skipped)
+        assert rank["skipped"] == skipped
+        assert rank["skipped_steps"] == 1
+        assert rank["moved"] == [not s for s in skipped]
+        assert rank["schedule_steps"] == [0 if s else 1 for s in skipped]
+        assert rank["scheduler_last_epoch"] == len(skipped) - 1
+        assert rank["lr"][2] == rank["lr"][1]  # the linear decay held still on the skipped step
+        assert rank["logged_skipped"] == [0, 0, 1, 1, 1]
+        norms = rank["norm_before"]
+        assert [v is None for v in norms] == skipped  # NaN on rank 0 too: Guard agreed across ranks
+    assert ranks[0]["params"] == ranks[1]["params"]  # still in lockstep
+    assert ranks[0]["norm_before"] == ranks[1]["norm_before"]
+    assert ranks[0]["lr"] == ranks[1]["lr"]
 
 
 def test_import_without_transformers_raises_with_the_install_command(monkeypatch):
