@@ -96,3 +96,34 @@ def test_the_probe_averages_a_module_called_twice():
     probe.disarm()
     assert stats["saturation"]["1"].item() == pytest.approx(0.5)
     assert not math.isnan(stats["preact_std"]["1"].item())
+
+
+def test_float64_models_keep_errors_float32_would_round_to_zero():
+    """A deep sigmoid net in float64 is how one sees errors of 1e-40; float32 statistics read 0."""
+    from gradguard._probes._deltas import DeltaProbe
+
+    layers = []
+    for _ in range(40):
+        layers += [nn.Linear(8, 8), nn.Sigmoid()]
+    model = nn.Sequential(*layers).double()
+    torch.manual_seed(0)
+    probe = DeltaProbe(model)
+    probe.arm()
+    model(torch.randn(16, 8, dtype=torch.float64)).sum().backward()
+    errors = {k: v.item() for k, v in probe.collect()["error_norm"].items()}
+    probe.disarm()
+    first = errors[probe.forward_order[0]]
+    assert 0.0 < first < 1e-24  # the squares (below 1e-48) underflow in float32
+    assert errors[probe.forward_order[-1]] > 1e-3
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_float64_activations_keep_their_precision(in_place):
+    model = nn.Sequential(nn.Identity(), nn.ReLU(inplace=in_place))
+    probe = ActivationProbe(model)
+    probe.arm()
+    model(torch.full((4, 3), 1e-50, dtype=torch.float64))
+    stats = probe.collect()
+    probe.disarm()
+    assert stats["preact_mean"]["1"].dtype == torch.float64
+    assert stats["preact_mean"]["1"].item() == pytest.approx(1e-50)

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from gradguard._grads import stat_dtype
 from gradguard._probes._hooks import ForwardHookProbe
 
 # Saturated: derivative below this fraction of its maximum (tanh' max 1, sigmoid' max 1/4).
@@ -116,6 +117,13 @@ def mean_and_std(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean, torch.linalg.vector_norm(x - mean) / math.sqrt(max(x.numel(), 1))
 
 
+def _measured(t: Tensor) -> Tensor:
+    """Statistics in float32 for low-precision tensors and in float64 for float64 ones (a float64
+    model is often used precisely to see values float32 would round to 0)."""
+    t = t.detach()
+    return t.to(stat_dtype(t.dtype))
+
+
 def is_probed(module: nn.Module) -> bool:
     return isinstance(module, BOUNDED + RELU_FAMILY)
 
@@ -167,7 +175,7 @@ class ActivationProbe(ForwardHookProbe):
         def hook(module: nn.Module, inputs) -> None:
             if module.training and inputs and isinstance(inputs[0], Tensor):
                 with torch.no_grad():
-                    self._before[name] = mean_and_std(inputs[0].detach().float())
+                    self._before[name] = mean_and_std(_measured(inputs[0]))
 
         return hook
 
@@ -176,7 +184,7 @@ class ActivationProbe(ForwardHookProbe):
             if not module.training or not inputs or not isinstance(inputs[0], Tensor) or not isinstance(output, Tensor):
                 return
             with torch.no_grad():
-                x, y = inputs[0].detach().float(), output.detach().float()
+                x, y = _measured(inputs[0]), _measured(output)
                 stats = measure(module, x, y)
                 if name in self._before:  # in place: x is the output now; the pre-hook saw the input
                     stats["preact_mean"], stats["preact_std"] = self._before.pop(name)

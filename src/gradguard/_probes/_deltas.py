@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from gradguard._grads import stat_dtype
 from gradguard._probes._hooks import ForwardHookProbe
 
 
@@ -49,7 +50,8 @@ class DeltaProbe(ForwardHookProbe):
 
     def _hook(self, name: str):
         def record(grad: Tensor) -> None:
-            square = torch.linalg.vector_norm(grad.detach().float()).pow(2)
+            # float64 stays float64: errors of deep float64 models go far below float32's range (1e-45).
+            square = torch.linalg.vector_norm(grad.detach(), dtype=stat_dtype(grad.dtype)).pow(2)
             self._squares[name] = self._squares[name] + square if name in self._squares else square
 
         def hook(module: nn.Module, inputs, output) -> None:
