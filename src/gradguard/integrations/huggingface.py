@@ -16,7 +16,10 @@ the norm before clipping is that. In ``on_pre_optimizer_step`` it runs ``Guard.c
 norm pass, clipping, the non-finite policy). A skipped step leaves every ``.grad`` None, so
 ``optimizer.step()`` changes neither parameters nor optimizer state, and the callback marks the
 step as skipped for the Trainer, which then leaves the scheduler where it was (as after an fp16
-overflow). Guard all-reduces its non-finite flag, so all ranks skip together.
+overflow). Guard all-reduces its non-finite flag, so all ranks skip together: tested with the
+Trainer's own DDP on two CPU ranks (a NaN put into one rank's gradients after they were averaged
+makes both ranks skip that step and hold the learning-rate schedule), and with ``bf16=True``
+autocast, where Guard sees the float32 gradients of the float32 parameters.
 
 Caveat: the Trainer's own norm pass multiplies every gradient by a NaN factor when any gradient
 is non-finite, so on a skipped step every parameter reads as non-finite; ``gg.locate_nonfinite``
