@@ -7,6 +7,7 @@ numpy arrays and keeps at most ``max_steps`` recent steps in memory (the run sto
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,19 +52,20 @@ class History:
     def __init__(self, module_names: Sequence[str], max_steps: int | None = 100_000):
         self.module_names = list(module_names)
         self.max_steps = max_steps
-        self._chunks: list[Chunk] = []
+        self._chunks: deque[Chunk] = deque()
+        self._steps = 0  # steps held: kept as a count so appending costs the same at any length
         self._cache: dict[str, np.ndarray] = {}
 
     def append(self, chunk: Chunk) -> None:
         self._chunks.append(chunk)
+        self._steps += len(chunk)
         self._cache.clear()
         if self.max_steps is not None:
-            total = sum(len(c) for c in self._chunks)
-            while self._chunks and total - len(self._chunks[0]) >= self.max_steps:
-                total -= len(self._chunks.pop(0))
+            while self._chunks and self._steps - len(self._chunks[0]) >= self.max_steps:
+                self._steps -= len(self._chunks.popleft())
 
     def __len__(self) -> int:
-        return sum(len(c) for c in self._chunks)
+        return self._steps
 
     def column(self, key: str) -> np.ndarray:
         """'step', a scalar column (see ``SCALARS``), or 'modules' (steps x modules)."""
