@@ -89,6 +89,26 @@ def test_update_ratio_matches_a_direct_measurement():
         assert ratios[module] == pytest.approx(delta / norm, rel=1e-4)
 
 
+def test_update_ratio_leaves_out_modules_without_a_gradient_and_keeps_the_others_aligned():
+    model = mlp(depth=3)
+    guard = gg.Guard(model, probes="norms", probe_every=1, spike_z=None)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    nn.functional.mse_loss(model(X[:32])[:, :1], Y[:32]).backward()
+    model[2].weight.grad = model[2].bias.grad = None  # the middle layer got no gradient this step
+    guard.step(opt)
+    guard.flush()
+    _, ratios = guard.monitor.records["update_ratio"][0]
+    _, norms = guard.monitor.records["param_norm"][0]
+    assert set(ratios) == set(norms) == {"0", "4", "6"}
+    for module in ratios:
+        params = [(n, p) for n, p in model.named_parameters() if n.startswith(module + ".")]
+        delta = math.sqrt(sum((p.detach() - before[n]).pow(2).sum().item() for n, p in params))
+        norm = math.sqrt(sum(p.detach().pow(2).sum().item() for _, p in params))
+        assert norms[module] == pytest.approx(norm, rel=1e-5)
+        assert ratios[module] == pytest.approx(delta / norm, rel=1e-4)
+
+
 def test_timesteps_probe_records_per_step_norms_for_a_recurrent_model():
     class Seq(nn.Module):
         def __init__(self):
@@ -142,7 +162,7 @@ def test_probe_values_reach_the_host_in_one_copy_per_device_not_one_per_value():
         nn.functional.mse_loss(model(X[:32])[:, :1], Y[:32]).backward()
         guard.step(opt)
         opt.zero_grad()
-    pending = len(guard.monitor._pending)
+    pending = sum(len(names) for _, _, names, _ in guard.monitor._pending)  # values waiting
     assert pending > 40
     with CountCopies() as counter:
         guard.monitor.flush(_empty_chunk(guard))

@@ -54,7 +54,8 @@ class Monitor:
         self.vectors: Vectors = {}
         self.events: list[dict[str, Any]] = []
         self.forward_order: list[str] = []
-        self._pending: list[tuple[int, str, str, Tensor]] = []
+        # One entry per (step, metric, device): module names and a 1-D tensor of their values.
+        self._pending: list[tuple[int, str, tuple[str, ...], Tensor]] = []
         self._pending_vectors: list[tuple[int, str, str, Tensor]] = []
         self._armed_step: int | None = None
         self._armed: set[str] = set()
@@ -98,7 +99,7 @@ class Monitor:
     def end_step(self, step: int, batch: GradBatch, index: Tensor, present: list[bool], stepped: bool, skipped: bool | None) -> None:
         """Collect this step's probes, note a skip, and arm the next probe step's hooks."""
         if self.probing(step):
-            out: dict[str, dict[str, Tensor]] = {}
+            out: dict[str, dict[str, Tensor] | tuple[tuple[str, ...], Tensor]] = {}
             if self.probing(step, "activations"):
                 out.update(self.activations.collect())
             if self.probing(step, "deltas"):
@@ -110,7 +111,7 @@ class Monitor:
                 else:
                     self.params.discard()
             for metric, values in out.items():
-                self._pending.extend((step, metric, module, v) for module, v in values.items())
+                self._pending.extend((step, metric, names, vector) for names, vector in _as_vectors(values))
             if self.probing(step, "timesteps"):
                 for module, probe in self.timesteps.items():
                     if probe.ready:  # the module ran with a graph this step and its output got a gradient
@@ -145,10 +146,9 @@ class Monitor:
     def flush(self, chunk: Chunk) -> None:
         """Records to the host (one transfer), then the store, then spike forensics."""
         if self._pending:
-            values = _to_host([v for *_, v in self._pending])
             grouped: dict[tuple[int, str], dict[str, float]] = {}
-            for (step, metric, module, _), value in zip(self._pending, values):
-                grouped.setdefault((step, metric), {})[module] = value
+            for (step, metric, names, _), values in zip(self._pending, _to_host([v for *_, v in self._pending])):
+                grouped.setdefault((step, metric), {}).update(zip(names, values))
             self._pending.clear()
             for (step, metric), entry in grouped.items():
                 self.records.setdefault(metric, []).append((step, entry))
@@ -205,15 +205,29 @@ def _timestep_probes(model: nn.Module) -> dict[str, TimestepProbe]:
     return {name: TimestepProbe(module) for name, module in model.named_modules() if is_recurrent(module)}
 
 
-def _to_host(values: list[Tensor]) -> list[float]:
-    """0-dim tensors to Python floats with one device-to-host copy per device (not one per value:
-    on an accelerator every copy is a synchronisation, and a probe step yields hundreds)."""
+def _as_vectors(values: dict[str, Tensor] | tuple[tuple[str, ...], Tensor]) -> list[tuple[tuple[str, ...], Tensor]]:
+    """A probe's {module: 0-dim tensor} as (names, 1-D tensor) per device: one stack per metric
+    on a probe step, instead of hundreds of scalars to move at the flush. Probes that already
+    hold a vector (the parameter probe) hand over (names, vector)."""
+    if isinstance(values, tuple):
+        return [values]
+    by_device: dict[torch.device, list[tuple[str, Tensor]]] = {}
+    for name, value in values.items():
+        by_device.setdefault(value.device, []).append((name, value.detach().reshape(())))
+    return [(tuple(n for n, _ in items), torch.stack([v for _, v in items])) for items in by_device.values()]
+
+
+def _to_host(vectors: list[Tensor]) -> list[list[float]]:
+    """1-D tensors to lists of floats with one device-to-host copy per device, not one per tensor:
+    on an accelerator every copy is a synchronisation."""
     by_device: dict[torch.device, list[int]] = {}
-    for i, v in enumerate(values):
+    for i, v in enumerate(vectors):
         by_device.setdefault(v.device, []).append(i)
-    out = [0.0] * len(values)
+    out: list[list[float]] = [[] for _ in vectors]
     for idx in by_device.values():
-        stacked = torch.stack([values[i].detach().reshape(()) for i in idx]).to(torch.float64).cpu().tolist()
-        for i, value in zip(idx, stacked):
-            out[i] = value
+        flat = torch.cat([vectors[i] for i in idx]).to(torch.float64).cpu().tolist()
+        start = 0
+        for i in idx:
+            out[i] = flat[start : start + len(vectors[i])]
+            start += len(vectors[i])
     return out

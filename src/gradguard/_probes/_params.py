@@ -15,17 +15,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from gradguard._grads import GradBatch
+from gradguard._grads import GradBatch, index_tensor
 from gradguard._norms import batch_norms, reduce_groups
 
 
 def _local(p: Tensor) -> Tensor:
-    p = p.detach()
     return p.to_local() if hasattr(p, "to_local") else p
 
 
 class ParamProbe:
-    """Per-module parameter norms and update ratios, on scheduled steps."""
+    """Per-module parameter norms and update ratios, on scheduled steps (Guard's step runs under
+    ``torch.no_grad``, so the copies and differences build no graph)."""
 
     name = "norms"
 
@@ -33,17 +33,19 @@ class ParamProbe:
         self._before: list[Tensor] | None = None
 
     def before_step(self, batch: GradBatch) -> None:
-        self._before = [_local(p).clone() for p in batch.params]
+        params = [_local(p) for p in batch.params] if batch.sharded else list(batch.params)
+        # One fused call for all the copies; x * 1 is x exactly, NaN and -0.0 included.
+        self._before = list(torch._foreach_mul(params, 1.0)) if params else []
 
-    def collect(self, batch: GradBatch, index: Tensor, names: Sequence[str], present: Sequence[bool]) -> dict[str, dict[str, Tensor]]:
-        """After the optimizer step: norms grouped like the gradient norms.
+    def collect(self, batch: GradBatch, index: Tensor, names: Sequence[str], present: Sequence[bool]) -> dict[str, tuple[tuple[str, ...], Tensor]]:
+        """After the optimizer step: norms grouped like the gradient norms, as (module names, vector).
 
         ``index`` maps each gradient to its group, ``names`` are the groups, ``present`` (host
         booleans) says which groups had a gradient this step.
         """
         if self._before is None or not len(batch):
             return {}
-        after = [_local(p) for p in batch.params]
+        after = [_local(p) for p in batch.params] if batch.sharded else list(batch.params)
         deltas = torch._foreach_sub(self._before, after)
         self._before = None
         # The fused pass that measures gradients, pointed at the weights and at the updates.
@@ -53,10 +55,12 @@ class ParamProbe:
         theta_g = reduce_groups(theta, index, n_groups, 2.0)[: len(names)]
         delta_g = reduce_groups(delta, index, n_groups, 2.0)[: len(names)]
         ratio = delta_g / theta_g.clamp(min=1e-12)
-        return {
-            "param_norm": {n: v for n, v, ok in zip(names, theta_g.unbind(0), present) if ok},
-            "update_ratio": {n: v for n, v, ok in zip(names, ratio.unbind(0), present) if ok},
-        }
+        kept = tuple(i for i, ok in enumerate(present) if ok)
+        if len(kept) < len(names):
+            rows = index_tensor(kept, theta_g.device)
+            theta_g, ratio = theta_g.index_select(0, rows), ratio.index_select(0, rows)
+        kept_names = tuple(names[i] for i in kept)
+        return {"param_norm": (kept_names, theta_g), "update_ratio": (kept_names, ratio)}
 
     def discard(self) -> None:
         self._before = None
