@@ -180,3 +180,18 @@ def test_cached_collector_reuses_the_plan_between_steps():
     second = collector(list(model.named_parameters()))
     assert second.names is first.names and second.groups is first.groups  # reused, not rebuilt
     assert second.grads[0] is model.weight.grad
+
+
+def test_cached_collector_does_not_keep_old_gradients_alive():
+    """Holding the first step's gradients would keep a second copy of every gradient in memory."""
+    import weakref
+
+    model = torch.nn.Linear(3, 2)
+    collector = CachedCollector()
+    model(torch.randn(4, 3)).sum().backward()
+    collector(list(model.named_parameters()))
+    first = weakref.ref(model.weight.grad)
+    model.zero_grad(set_to_none=True)
+    model(torch.randn(4, 3)).sum().backward()
+    collector(list(model.named_parameters()))
+    assert first() is None

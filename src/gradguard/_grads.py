@@ -156,7 +156,9 @@ class CachedCollector:
     def __init__(self) -> None:
         self._key: tuple[int, ...] | None = None
         self._kinds: list[tuple[torch.device, torch.dtype, torch.layout]] = []
-        self._batch: GradBatch | None = None
+        # names, params, groups, layouts of the last full collection; never its gradients, which
+        # would stay alive (a second copy of every gradient) until the next rebuild.
+        self._plan: tuple = ()
 
     def __call__(self, named: list[tuple[str, Tensor]]) -> GradBatch:
         present = [(p, p.grad) for _, p in named]
@@ -164,15 +166,15 @@ class CachedCollector:
         grads = [g for _, g in present]
         key = tuple(id(p) for p, _ in present)
         if key == self._key and [(g.device, g.dtype, g.layout) for g in grads] == self._kinds:
-            batch = self._batch
-            return GradBatch(batch.names, batch.params, tuple(grads), batch.groups, batch.layouts)
+            names, params, groups, layouts = self._plan
+            return GradBatch(names, params, tuple(grads), groups, layouts)
         batch = collect_named(named)
-        # Reusable only when nothing was dropped as a duplicate and nothing is sharded; the
-        # batch holds the parameters, so their ids cannot be reused while the key is kept.
+        # Reusable only when nothing was dropped as a duplicate and nothing is sharded; the plan
+        # holds the parameters, so their ids cannot be reused while the key is kept.
         reusable = not batch.sharded and len(batch) == len(key)
         self._key = key if reusable else None
         self._kinds = [(g.device, g.dtype, g.layout) for g in grads]
-        self._batch = batch
+        self._plan = (batch.names, batch.params, batch.groups, batch.layouts)
         return batch
 
 
