@@ -312,3 +312,21 @@ def test_check_leaves_stepping_to_the_caller():
     assert bool(guard.check().skipped)
     opt.step()  # the caller's step is a no-op: no parameter has a gradient
     assert_same(model, opt, snap)
+
+
+@pytest.mark.parametrize("probes", [None, "norms", "full"])
+def test_guard_keeps_no_gradient_alive_after_the_step(probes):
+    """Nothing Guard caches between steps (collector plan, probes, statistics) may pin a step's
+    gradients: with zero_grad(set_to_none=True) that would be a second copy of every gradient."""
+    import weakref
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    guard = gg.Guard(model, clip=1.0, probes=probes, probe_every=1)
+    refs = []
+    for _ in range(3):
+        model(torch.randn(16, 4)).square().mean().backward()
+        refs.extend(weakref.ref(p.grad) for p in model.parameters())
+        guard.step(opt)
+        opt.zero_grad(set_to_none=True)
+    assert all(r() is None for r in refs)
