@@ -122,16 +122,16 @@ class SpikeDetector:
 
     def score(self, steps: np.ndarray, totals: np.ndarray, losses: np.ndarray, module_norms: np.ndarray) -> np.ndarray:
         """Score consecutive steps; returns (steps x 3): spike flag, z of the total norm, z of the loss."""
-        out = np.zeros((len(steps), 3))
-        for i, (total, loss) in enumerate(zip(np.asarray(totals, dtype=float).tolist(), np.asarray(losses, dtype=float).tolist())):
+        rows = []
+        for total, loss in zip(np.asarray(totals, dtype=float).tolist(), np.asarray(losses, dtype=float).tolist()):
             trusted = self._count >= self.warmup
             z_total = self._total.score(total, trusted, self.z_thresh)
             z_loss = self._loss.score(loss, trusted, self.z_thresh)
             nonfinite = not math.isfinite(total)
             self._count += 0 if nonfinite else 1
-            out[i] = (float(nonfinite or z_total > self.z_thresh or z_loss > self.z_thresh), z_total, z_loss)
-        block = np.column_stack([steps, totals, losses, out, np.asarray(module_norms, dtype=float).reshape(len(steps), -1)])
-        self._append(block)
+            rows.append((float(nonfinite or z_total > self.z_thresh or z_loss > self.z_thresh), z_total, z_loss))
+        out = np.array(rows, dtype=float).reshape(len(rows), 3)
+        self._append(np.column_stack([steps, totals, losses, out, np.asarray(module_norms, dtype=float).reshape(len(rows), -1)]))
         return out
 
     def _append(self, block: np.ndarray) -> None:
