@@ -6,10 +6,18 @@ import os
 
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 
 # Keep the suite deterministic and within the 2-core budget.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Property tests: no per-example deadline (a loaded CI machine is slow, not wrong). Locally each
+# run explores new examples; CI (HYPOTHESIS_PROFILE=ci, set by .ci/run) replays a fixed sequence,
+# so a red CI always means a change, and a failure found locally prints its reproduction blob.
+settings.register_profile("dev", deadline=None, print_blob=True)
+settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def named_with_grads(shapes, dtype=torch.float32, seed=0, scale=1.0, names=None):
