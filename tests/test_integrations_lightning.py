@@ -169,7 +169,7 @@ def test_unsupported_strategies_are_refused_with_the_alternative():
         strategy = FSDPStrategy()
         gradient_clip_val = None
 
-    with pytest.raises(NotImplementedError, match="ModelParallelStrategy"):
+    with pytest.raises(NotImplementedError, match=r"ModelParallelStrategy\(data_parallel_size=.*fully_shard"):
         GradGuardCallback().setup(FakeTrainer(), None, "fit")
 
 
@@ -237,3 +237,47 @@ def test_ddp_two_cpu_ranks_skip_a_nan_that_one_rank_saw(tmp_path):
         assert rank["skipped_steps"] == 1
     assert ranks[0]["params"] == ranks[1]["params"]  # still in lockstep
     assert ranks[0]["norm_before"] == ranks[1]["norm_before"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (torch.distributed.is_available() and torch.distributed.is_gloo_available()), reason="needs torch.distributed with gloo"
+)
+def test_model_parallel_strategy_fsdp2_two_cpu_ranks_match_one_process_and_skip_together(tmp_path):
+    """ModelParallelStrategy with fully_shard in configure_model: gradients are DTensor shards;
+    Guard's norms are the global ones (those of one process on the whole batch), and a NaN in
+    one rank's local shard makes both ranks skip that step."""
+    from tests._lightning_fsdp2_job import FAULT_STEP as FSDP2_FAULT_STEP
+    from tests._lightning_fsdp2_job import STEPS, run_reference
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_lightning_fsdp2_job.py"), str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    reference = run_reference()
+
+    skipped = [step == FSDP2_FAULT_STEP for step in range(STEPS)]
+    assert reference["skipped"] == skipped
+    for r, rank in enumerate(ranks):
+        assert (rank["rank"], rank["world_size"], rank["backend"]) == (r, 2, "gloo")
+        assert rank["grad_types"] == ["DTensor"] * STEPS  # sharded by FSDP2
+        assert rank["skipped"] == skipped  # rank 0 never saw the NaN: Guard agreed across ranks
+        assert rank["skipped_steps"] == 1
+        assert rank["moved"] == [not s for s in skipped]  # no shard moved on the skipped step
+        assert rank["modules"] == reference["modules"]
+        for key in ("norm_before", "norm_after"):
+            assert [v is None for v in rank[key]] == skipped
+            for step, (got, want) in enumerate(zip(rank[key], reference[key])):
+                if want is not None:
+                    assert got == pytest.approx(want, rel=1e-5), f"rank {r} {key} at step {step}"
+        for step, (got, want) in enumerate(zip(rank["module_norms"], reference["module_norms"])):
+            if not skipped[step]:
+                assert got == pytest.approx(want, rel=1e-5), f"rank {r} module norms at step {step}"
+        for got, want in zip(rank["params"], reference["params"]):  # the same training, sharded
+            assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    for key in ("skipped", "norm_before", "norm_after", "module_norms", "params"):
+        assert ranks[0][key] == ranks[1][key], key  # the ranks agree exactly

@@ -47,8 +47,11 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 UNSUPPORTED_STRATEGIES = {
     "FSDPStrategy": (
         "FSDP1 keeps each rank's gradients in flattened local shards, so their norms would be partial. "
-        "Use strategy=ModelParallelStrategy(), which shards with FSDP2 (fully_shard); gradguard "
-        "reduces FSDP2's sharded gradients to the global norms."
+        "Shard with FSDP2 instead: strategy=ModelParallelStrategy(data_parallel_size=<world size>, "
+        "tensor_parallel_size=1) (its defaults put a node's devices on the tensor-parallel "
+        "dimension), and apply torch.distributed.fsdp.fully_shard(..., mesh=self.device_mesh"
+        "['data_parallel']) in LightningModule.configure_model (the strategy does not shard by itself); "
+        "gradguard reduces FSDP2's sharded DTensor gradients to the global norms."
     ),
     "DeepSpeedStrategy": (
         "DeepSpeed keeps the gradients inside its engine (partitioned, and clipped by its own "
