@@ -1,11 +1,16 @@
 """A 2-rank Hugging Face Trainer DDP run on CPU (gloo) with GradGuardCallback, for test_integrations_hf.
 
-    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/_hf_ddp_job.py OUT_DIR
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/_hf_ddp_job.py OUT_DIR [ACCUMULATION]
 
 The Trainer sees the torchrun environment and wraps the model in DDP. At FAULT_STEP rank 1 alone
 gets a NaN in one gradient, in on_pre_optimizer_step, after DDP averaged the gradients in
 backward: only Guard's cross-rank agreement can make rank 0 skip that step too. Each rank writes
 what it saw to OUT_DIR/rank<r>.json.
+
+ACCUMULATION (default 1) is ``gradient_accumulation_steps``: DDP then averages the gradients only
+in the last micro-batch's backward, and each optimizer step sees ACCUMULATION micro-batches per
+rank. For the test to recompute each step's gradient in one process, every rank also records the
+micro-batches it trained on and the parameters before each optimizer step.
 """
 
 import gc
@@ -36,8 +41,11 @@ class Regression(nn.Module):
         super().__init__()
         torch.manual_seed(0)
         self.net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+        self.micro_batches = []  # (x, y) of each training forward since the last optimizer step
 
     def forward(self, x, y):
+        if self.training:
+            self.micro_batches.append((x.tolist(), y.tolist()))
         return {"loss": nn.functional.mse_loss(self.net(x), y)}
 
 
@@ -60,9 +68,16 @@ class FaultOnRankOne(TrainerCallback):
     def __init__(self, rank: int):
         self.rank = rank
         self.moved, self.schedule_steps, self.lr = [], [], []
-        self.wrapped = None  # the model the Trainer trains: the DDP wrapper under torchrun
+        self.steps = []  # per optimizer step: micro-batches, parameters and gradient norm before it
 
     def on_pre_optimizer_step(self, args, state, control, model=None, lr_scheduler=None, **kwargs):
+        grads = [p.grad for p in model.parameters()]
+        self.steps.append({
+            "micro_batches": model.micro_batches,
+            "params": [p.detach().flatten().tolist() for p in model.parameters()],
+            "grad_norm": torch.nn.utils.get_total_norm(grads).item(),  # the synchronised gradient's
+        })  # fmt: skip
+        model.micro_batches = []
         if state.global_step == FAULT_STEP and self.rank == 1:
             model.net[0].weight.grad[0, 0] = math.nan
         self._params = [p.detach().clone() for p in model.parameters()]
@@ -74,16 +89,19 @@ class FaultOnRankOne(TrainerCallback):
         self.lr.append(lr_scheduler.get_last_lr()[0])
 
 
-def main(out: Path) -> None:
+def main(out: Path, accumulation: int = 1) -> None:
     rank = int(os.environ["RANK"])
     args = TrainingArguments(
         output_dir=str(out / "trainer"), max_steps=STEPS, per_device_train_batch_size=8, logging_steps=1,
+        gradient_accumulation_steps=accumulation,
         max_grad_norm=0.0, learning_rate=1e-2, lr_scheduler_type="linear", report_to=[], save_strategy="no",
         use_cpu=True, ddp_backend="gloo", ddp_find_unused_parameters=False, disable_tqdm=True, seed=0,
     )  # fmt: skip
     model = Regression()
     fault, guard_cb = FaultOnRankOne(rank), GradGuardCallback(clip=1.0)
-    trainer = Trainer(model=model, args=args, train_dataset=Pairs(), callbacks=[fault, guard_cb])
+    # One epoch of whole optimizer steps: 2 ranks x 8 samples x `accumulation` micro-batches each.
+    dataset = Pairs(80 if accumulation == 1 else 16 * accumulation * STEPS)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[fault, guard_cb])
     trainer.train()
 
     guard = guard_cb.guard
@@ -95,14 +113,18 @@ def main(out: Path) -> None:
         "ddp": type(trainer.model_wrapped).__name__,
         "skipped": h.skipped.tolist(),
         "skipped_steps": guard.skipped_steps,
+        "guard_steps": guard.steps,
         "moved": fault.moved,
+        "steps": fault.steps,
         "schedule_steps": fault.schedule_steps,
         "lr": fault.lr,
         "scheduler_last_epoch": trainer.lr_scheduler.last_epoch,
         "global_step": trainer.state.global_step,
         "params": [p.detach().flatten().tolist() for p in model.parameters()],
         "norm_before": [v if math.isfinite(v) else None for v in h.norm_before.tolist()],
+        "norm_after": [v if math.isfinite(v) else None for v in h.norm_after.tolist()],
         "logged_skipped": [e.get("steps/skipped") for e in trainer.state.log_history if "loss" in e],
+        "logged_grad_norm": [e.get("grad_norm") for e in trainer.state.log_history if "loss" in e],
     }
     (out / f"rank{rank}.json").write_text(json.dumps(result))
     # Free what holds the process group (the DDP wrapper's reducer, reachable from the Trainer and
@@ -118,4 +140,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 1)

@@ -189,18 +189,27 @@ def test_bf16_autocast_on_cpu_guard_sees_float32_gradients_and_skips_a_nan_step(
 
 
 # ---------------------------------------------------------------------------- DDP
-@pytest.mark.distributed
-@pytest.mark.slow
-@pytest.mark.skipif(
+needs_gloo = pytest.mark.skipif(
     not (torch.distributed.is_available() and torch.distributed.is_gloo_available()), reason="needs torch.distributed with gloo"
 )
-def test_ddp_two_cpu_ranks_skip_a_nan_that_one_rank_saw_and_hold_the_schedule(tmp_path):
+
+
+def run_ddp_job(tmp_path, accumulation: int = 1) -> list[dict]:
+    """tests/_hf_ddp_job.py on two CPU ranks under torchrun; what each rank wrote."""
     # CPU ranks even on a GPU machine: two ranks cannot share one GPU under nccl.
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(ROOT / "tests" / "_hf_ddp_job.py"), str(tmp_path)]
+    job = str(ROOT / "tests" / "_hf_ddp_job.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", job, str(tmp_path), str(accumulation)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@needs_gloo
+def test_ddp_two_cpu_ranks_skip_a_nan_that_one_rank_saw_and_hold_the_schedule(tmp_path):
+    ranks = run_ddp_job(tmp_path)
     skipped = [False, False, True, False, False]  # rank 1 alone saw the NaN, at the third step
     for r, rank in enumerate(ranks):
         assert (rank["rank"], rank["world_size"], rank["backend"], rank["ddp"]) == (r, 2, "gloo", "DistributedDataParallel")
@@ -217,6 +226,58 @@ def test_ddp_two_cpu_ranks_skip_a_nan_that_one_rank_saw_and_hold_the_schedule(tm
     assert ranks[0]["params"] == ranks[1]["params"]  # still in lockstep
     assert ranks[0]["norm_before"] == ranks[1]["norm_before"]
     assert ranks[0]["lr"] == ranks[1]["lr"]
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@needs_gloo
+def test_ddp_gradient_accumulation_guards_each_optimizer_step_on_the_accumulated_gradient(tmp_path):
+    """gradient_accumulation_steps=2: one check per optimizer step, on the gradient of all four
+    micro-batches (two per rank), and a NaN one rank saw after DDP's sync skips the step on both."""
+    from tests._hf_ddp_job import Regression
+
+    accumulation = 2
+    ranks = run_ddp_job(tmp_path, accumulation)
+    skipped = [False, False, True, False, False]
+    for r, rank in enumerate(ranks):
+        assert (rank["rank"], rank["world_size"], rank["ddp"]) == (r, 2, "DistributedDataParallel")
+        assert rank["global_step"] == len(skipped)
+        assert rank["guard_steps"] == len(skipped)  # once per optimizer step, not per micro-batch
+        assert [len(step["micro_batches"]) for step in rank["steps"]] == [accumulation] * len(skipped)
+        assert rank["skipped"] == skipped
+        assert rank["skipped_steps"] == 1
+        assert rank["moved"] == [not s for s in skipped]
+        assert rank["schedule_steps"] == [0 if s else 1 for s in skipped]
+        assert rank["logged_skipped"] == [0, 0, 1, 1, 1]
+        assert [v is None for v in rank["norm_before"]] == skipped
+    for key in ("skipped", "norm_before", "norm_after", "params", "lr"):
+        assert ranks[0][key] == ranks[1][key], key
+    # The gradients were synchronised when rank 1 got its NaN: before it, both ranks held the same.
+    assert [s["grad_norm"] for s in ranks[0]["steps"]] == [s["grad_norm"] for s in ranks[1]["steps"]]
+
+    # One process recomputes each step's gradient from the parameters before it, on the 32 samples
+    # the two ranks' four micro-batches held: Guard's norm is that accumulated gradient's norm.
+    model = Regression()
+    for step, skip in enumerate(skipped):
+        params = ranks[0]["steps"][step]["params"]
+        assert params == ranks[1]["steps"][step]["params"]
+        batches = [mb for rank in ranks for mb in rank["steps"][step]["micro_batches"]]
+        x = torch.tensor([row for xs, _ in batches for row in xs])
+        y = torch.tensor([row for _, ys in batches for row in ys])
+        assert len(x) == 32 and len(torch.unique(x, dim=0)) == 32  # every micro-batch a different slice
+        with torch.no_grad():
+            for p, values in zip(model.parameters(), params):
+                p.copy_(torch.tensor(values).view_as(p))
+        model.zero_grad()
+        torch.nn.functional.mse_loss(model.net(x), y).backward()
+        want = torch.nn.utils.get_total_norm([p.grad for p in model.parameters()]).item()
+        assert ranks[0]["steps"][step]["grad_norm"] == pytest.approx(want, rel=1e-5)
+        if skip:
+            assert ranks[0]["steps"][step + 1]["params"] == params  # the skipped step moved nothing
+            continue
+        assert ranks[0]["norm_before"][step] == pytest.approx(want, rel=1e-5)
+        assert ranks[0]["norm_after"][step] == pytest.approx(min(want, 1.0), rel=1e-5)
+        assert ranks[0]["logged_grad_norm"][step] == pytest.approx(want, rel=1e-5)  # the Trainer's own
 
 
 def test_import_without_transformers_raises_with_the_install_command(monkeypatch):
