@@ -19,8 +19,11 @@ from gradguard._grads import GradBatch, index_tensor
 from gradguard._norms import batch_norms, reduce_groups
 
 
-def _local(p: Tensor) -> Tensor:
-    return p.to_local() if hasattr(p, "to_local") else p
+def _locals(batch: GradBatch) -> list[Tensor]:
+    """The parameters as the fused kernels take them: DTensor shards unwrapped to local tensors."""
+    if not batch.sharded:
+        return list(batch.params)
+    return [p.to_local() if hasattr(p, "to_local") else p for p in batch.params]
 
 
 class ParamProbe:
@@ -33,7 +36,7 @@ class ParamProbe:
         self._before: list[Tensor] | None = None
 
     def before_step(self, batch: GradBatch) -> None:
-        params = [_local(p) for p in batch.params] if batch.sharded else list(batch.params)
+        params = _locals(batch)
         # One fused call for all the copies; x * 1 is x exactly, NaN and -0.0 included.
         self._before = list(torch._foreach_mul(params, 1.0)) if params else []
 
@@ -45,7 +48,7 @@ class ParamProbe:
         """
         if self._before is None or not len(batch):
             return {}
-        after = [_local(p) for p in batch.params] if batch.sharded else list(batch.params)
+        after = _locals(batch)
         deltas = torch._foreach_sub(self._before, after)
         self._before = None
         # The fused pass that measures gradients, pointed at the weights and at the updates.

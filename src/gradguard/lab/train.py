@@ -94,10 +94,7 @@ def curve(values: np.ndarray, points: int = 50) -> list[float]:
 
 def curve_steps(n: int, points: int = 50) -> list[float]:
     """The training step (1-based) at the middle of each of ``curve``'s windows: its x axis."""
-    steps = np.arange(1, n + 1, dtype=np.float64)
-    if n <= points:
-        return steps.tolist()
-    return [float(w.mean()) for w in np.array_split(steps, points)]
+    return curve(np.arange(1, n + 1), points)
 
 
 def loss_curve(history) -> dict[str, list[float]]:
