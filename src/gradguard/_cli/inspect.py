@@ -13,8 +13,7 @@ import inspect as pyinspect
 import sys
 
 from gradguard._cli import UsageError, one_line, raised
-
-SEVERITIES = ("info", "warning", "error")  # as gradguard._finding.SEVERITIES, without importing torch
+from gradguard._finding import SEVERITIES  # imports neither torch nor numpy
 
 
 def _positive_int(text: str) -> int:
