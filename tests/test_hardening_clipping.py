@@ -232,3 +232,19 @@ def test_complex_and_meta_gradients_are_refused_clearly(grad, error, match, call
     p.grad = grad
     with pytest.raises(error, match=match):
         call([("w", p)])
+
+
+@pytest.mark.parametrize("shape, per_row", [((37, 5), False), ((37, 5), True), ((200,), False)])
+def test_wide_multiply_in_slices_equals_one_pass(monkeypatch, shape, per_row):
+    """Large low-precision tensors are multiplied in float32 slices; the result is the same."""
+    from gradguard._clipping import _base
+
+    g = ((torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1) * 3e4).half()
+    coef = torch.rand((shape[0],) + (1,) * (len(shape) - 1)) * 1e-6 if per_row else torch.tensor(3e-9)
+    whole = g.clone()
+    _base.mul_wide_(whole, coef)
+    monkeypatch.setattr(_base, "WIDE_CHUNK", 16)
+    sliced = g.clone()
+    _base.mul_wide_(sliced, coef)
+    assert torch.equal(whole, sliced)
+    assert torch.equal(whole, (g.float() * coef).half())

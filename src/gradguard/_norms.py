@@ -201,7 +201,9 @@ def grad_norms(named_parameters: ParamsLike, norm_type: float | str = 2.0) -> Gr
 
     Args:
         named_parameters: a module, ``model.named_parameters()``, tensors, or (name, tensor) pairs.
-            Parameters without a gradient are skipped.
+            Parameters without a gradient are skipped. An empty generator (an exhausted
+            ``model.parameters()``) warns, as for the clippers. Complex and meta-device
+            gradients are refused.
         norm_type: p of the p-norm, any p > 0 or ``inf``.
 
     Returns:

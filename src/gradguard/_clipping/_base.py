@@ -75,18 +75,32 @@ def is_low_precision(dtype: torch.dtype) -> bool:
     return dtype.is_floating_point and stat_dtype(dtype) != dtype
 
 
+# Elements per float32 slice in mul_wide_: bounds its temporary to 64 MiB whatever the tensor.
+WIDE_CHUNK = 1 << 24
+
+
 def mul_wide_(grad: Tensor, coef: Tensor) -> None:
     """``grad *= coef`` computed in float32 or wider, rounded once into the gradient's dtype.
 
-    Multiplying an fp16 tensor by a 0-dim float32 factor would first round the factor to fp16
-    (on CUDA), where a factor below 6e-8 is 0 and one below 6e-5 is a subnormal with a few
-    bits: 3e4-scale fp16 gradients clipped that way become all zeros. The one float32 copy of
-    one tensor at a time is the price; float32 and float64 gradients take the in-place path.
+    ``coef`` is 0-dim, or one factor per row (AGC's units). Multiplying an fp16 tensor by a
+    float32 factor would first round the factor to fp16 (CUDA's kernels take both operands in
+    the tensor's dtype), where a factor below 6e-8 is 0 and one below 6e-5 a subnormal with a
+    few bits: 3e4-scale fp16 gradients clipped that way become all zeros. The price is a float32
+    copy of at most ``WIDE_CHUNK`` elements at a time; float32 and float64 gradients are
+    multiplied in place.
     """
-    if is_low_precision(grad.dtype):
-        grad.copy_(grad.to(stat_dtype(grad.dtype)).mul_(coef))
-    else:
+    if not is_low_precision(grad.dtype):
         grad.mul_(coef.to(grad.dtype))
+        return
+    wide = stat_dtype(grad.dtype)
+    if grad.ndim == 0 or grad.numel() <= WIDE_CHUNK:
+        grad.copy_(grad.to(wide).mul_(coef))
+        return
+    rows = max(1, WIDE_CHUNK // max(1, grad[0].numel()))
+    for start in range(0, grad.shape[0], rows):
+        part = grad[start : start + rows]
+        factor = coef[start : start + rows] if coef.ndim else coef
+        part.copy_(part.to(wide).mul_(factor))
 
 
 def scale_(batch: GradBatch, coef: Tensor) -> None:
