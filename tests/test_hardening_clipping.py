@@ -66,8 +66,10 @@ def norm_floor(n: int, dtype) -> float:
     return math.sqrt(n * torch.finfo(stat_dtype(dtype)).tiny)
 
 
-def f64_norm(tensors) -> float:
-    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
+def f64_norm(tensors, p: float = 2.0) -> float:
+    if math.isinf(p):
+        return max((float(t.double().abs().max()) for t in tensors if t.numel()), default=0.0)
+    return sum(float(t.double().abs().pow(p).sum()) for t in tensors) ** (1.0 / p)
 
 
 def assert_close_to_reference(named, reference, dtype):
@@ -78,9 +80,9 @@ def assert_close_to_reference(named, reference, dtype):
         assert not bad.any(), f"{name} ({dtype}): got {got[bad][:3].tolist()}, reference {want[bad][:3].tolist()}"
 
 
-def assert_norm_after_is_measured(named, stats, dtype):
+def assert_norm_after_is_measured(named, stats, dtype, norm_type=2.0):
     n = sum(p.numel() for _, p in named)
-    measured = f64_norm([p.grad for _, p in named])
+    measured = f64_norm([p.grad for _, p in named], norm_type)
     reported = float(stats.norm_after)
     assert math.isfinite(reported)
     # each element was rounded once into the gradient's dtype; the norm is kept in float32 or wider
@@ -88,43 +90,43 @@ def assert_norm_after_is_measured(named, stats, dtype):
     assert abs(reported - measured) <= tol, f"norm_after {reported} but the clipped gradients measure {measured} ({dtype})"
 
 
-def assert_norm_before(named_ref, stats, dtype):
+def assert_norm_before(named_ref, stats, dtype, norm_type=2.0):
     n = sum(t.numel() for t in named_ref)
-    want = f64_norm(named_ref)
+    want = f64_norm(named_ref, norm_type)
     rel = 1e-12 if dtype == torch.float64 else 1e-5
     assert abs(float(stats.norm_before) - want) <= rel * want + norm_floor(n, dtype)
 
 
 @settings(max_examples=80, deadline=None)
-@given(case=cases(), ratio=st.sampled_from([0.01, 0.5, 2.0]))
-def test_clipnorm_matches_float64_reference(case, ratio):
+@given(case=cases(), ratio=st.sampled_from([0.01, 0.5, 2.0]), p=st.sampled_from([1.0, 2.0, math.inf]))
+def test_clipnorm_matches_float64_reference(case, ratio, p):
     dtype, scale, shape_list, seed = case
     named = make(dtype, scale, shape_list, seed)
-    originals = [p.grad.double().clone() for _, p in named]
-    total = f64_norm(originals)
+    originals = [p_.grad.double().clone() for _, p_ in named]
+    total = f64_norm(originals, p)
     max_norm = max(ratio * total, 1e-300)
-    stats = gg.ClipNorm(max_norm)(named)
+    stats = gg.ClipNorm(max_norm, p)(named)
     coef = min(1.0, max_norm / (total + 1e-6))
-    assert_norm_before(originals, stats, dtype)
+    assert_norm_before(originals, stats, dtype, p)
     assert_close_to_reference(named, [g * coef for g in originals], dtype)
-    assert_norm_after_is_measured(named, stats, dtype)
+    assert_norm_after_is_measured(named, stats, dtype, p)
 
 
 @settings(max_examples=80, deadline=None)
-@given(case=cases(), ratio=st.sampled_from([0.01, 0.5, 2.0]))
-def test_clip_tensor_norm_matches_float64_reference(case, ratio):
+@given(case=cases(), ratio=st.sampled_from([0.01, 0.5, 2.0]), p=st.sampled_from([1.0, 2.0, math.inf]))
+def test_clip_tensor_norm_matches_float64_reference(case, ratio, p):
     dtype, scale, shape_list, seed = case
     named = make(dtype, scale, shape_list, seed)
-    originals = [p.grad.double().clone() for _, p in named]
+    originals = [p_.grad.double().clone() for _, p_ in named]
     # A bound below the statistics' underflow floor cannot be told apart from a zero norm in
     # that dtype (ClipTensorNorm documents it); bounds are drawn above it.
     floor = norm_floor(max(g.numel() for g in originals), dtype)
-    max_norm = ratio * max(f64_norm(originals), floor)
-    stats = gg.ClipTensorNorm(max_norm)(named)
-    reference = [g * min(1.0, max_norm / f64_norm([g])) if f64_norm([g]) > 0 else g for g in originals]
-    assert_norm_before(originals, stats, dtype)
+    max_norm = ratio * max(f64_norm(originals, p), floor)
+    stats = gg.ClipTensorNorm(max_norm, p)(named)
+    reference = [g * min(1.0, max_norm / f64_norm([g], p)) if f64_norm([g], p) > 0 else g for g in originals]
+    assert_norm_before(originals, stats, dtype, p)
     assert_close_to_reference(named, reference, dtype)
-    assert_norm_after_is_measured(named, stats, dtype)
+    assert_norm_after_is_measured(named, stats, dtype, p)
 
 
 @settings(max_examples=80, deadline=None)
