@@ -59,7 +59,7 @@ def test_user_strings_are_escaped(tmp_path):
     text = write_report(tmp_path / "e.sqlite", tmp_path / "r.md", format="md").read_text()
     outside_code = re.sub(r"(`+)(.+?)\1", "", text)  # module names sit in code spans, shown verbatim
     assert not re.search(r"(?<!\\)<script", outside_code)
-    assert "\\<script>alert(1)\\</script> | \\*x\\*" in text  # a pipe outside a table is just text
+    assert "&lt;script>alert(1)&lt;/script> | \\*x\\*" in text  # a pipe outside a table is just text
     assert "| `a\\|b` |" in text  # a pipe in a module name does not split the table cell
     assert "``c`d``" in text
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -50,8 +51,8 @@ def unknown_name(kind: str, name: Any, choices: Iterable[str]) -> ValueError:
 
 
 def check_positive(name: str, value: Any, *, allow_inf: bool = False, allow_zero: bool = False) -> float:
-    """Validate a positive real number argument and return it as float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Validate a positive real number argument (numpy scalars included) and return it as float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {value!r} of type {type(value).__name__}.")
     value = float(value)
     if math.isnan(value) or (math.isinf(value) and not allow_inf):

@@ -133,6 +133,7 @@ def collect_named(named: list[tuple[str, Tensor]]) -> GradBatch:
                 f"parameter {name!r} has a sparse gradient ({g.layout}); gradguard handles dense gradients. "
                 "Use a dense embedding (nn.Embedding(..., sparse=False)) or exclude the parameter."
             )
+        _check_measurable(name, g)
         layout = _layout(g) if sharded else None
         if layout is not None:
             g = g.to_local()
@@ -141,6 +142,20 @@ def collect_named(named: list[tuple[str, Tensor]]) -> GradBatch:
         grads.append(g)
         layouts.append(layout)
     return GradBatch(tuple(names), tuple(params), tuple(grads), _groups(grads), tuple(layouts))
+
+
+def _check_measurable(name: str, grad: Tensor) -> None:
+    """Gradients whose norms gradguard cannot take, refused with what to do instead."""
+    if grad.is_complex():
+        raise TypeError(
+            f"parameter {name!r} has a complex gradient ({grad.dtype}); gradguard measures and clips real "
+            "gradients. Keep complex parameters as real pairs (torch.view_as_real) or exclude the parameter."
+        )
+    if grad.is_meta:
+        raise ValueError(
+            f"parameter {name!r} has a gradient on the meta device, which holds no values to measure. "
+            "Materialise the model first (model.to_empty(device=...) and initialise it) before training."
+        )
 
 
 class CachedCollector:

@@ -198,7 +198,9 @@ def grad_norms(named_parameters: ParamsLike, norm_type: float | str = 2.0) -> Gr
 
     Args:
         named_parameters: a module, ``model.named_parameters()``, tensors, or (name, tensor) pairs.
-            Parameters without a gradient are skipped.
+            Parameters without a gradient are skipped. An empty generator (an exhausted
+            ``model.parameters()``) warns, as for the clippers. Complex and meta-device
+            gradients are refused.
         norm_type: p of the p-norm, any p > 0 or ``inf``.
 
     Returns:
@@ -211,7 +213,10 @@ def grad_norms(named_parameters: ParamsLike, norm_type: float | str = 2.0) -> Gr
         >>> round(float(gg.grad_norms([("w", w)]).total), 4)
         3.4641
     """
+    from gradguard._clipping._base import materialize
+
     p = check_norm_type(norm_type)
+    named_parameters = materialize(named_parameters, "grad_norms")
     with torch.no_grad():
         return batch_norms(collect(named_parameters), p)
 
@@ -222,6 +227,8 @@ def unitwise_norm(x: Tensor, norm_type: float = 2.0) -> Tensor:
     Scalars and vectors (biases, norm gains) are one unit. PyTorch stores weights output-first,
     so this is the layout Brock et al. (2021) use for adaptive gradient clipping.
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"unitwise_norm expects a tensor (a weight or its gradient), got {type(x).__name__}.")
     if x.ndim <= 1:
         return torch.linalg.vector_norm(x, norm_type)
     return torch.linalg.vector_norm(x, norm_type, dim=tuple(range(1, x.ndim)), keepdim=True)

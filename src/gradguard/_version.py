@@ -1,3 +1,3 @@
-"""The package version, in a module of its own so the core can record it without importing the package."""
+"""The version, in one place: the package, the CLI and the build (pyproject.toml) read it here."""
 
 __version__ = "0.1.0"

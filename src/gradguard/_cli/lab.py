@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 import time
+from pathlib import Path
+
+from gradguard._cli import UsageError
 
 PRESET_CHOICES = ("quick", "full", "smoke")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -41,6 +45,37 @@ def add_run_options(p: argparse.ArgumentParser, default_out: str = "lab-results"
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: cuda if available, else cpu")
     p.add_argument("--workers", type=int, default=None, help="processes for CPU jobs (default: one per core; 1 runs everything here)")
     p.add_argument("--no-stores", action="store_true", help="do not keep the per-job run stores (SQLite files for `gradguard report`)")
+    p.set_defaults(resumable=True)  # Ctrl-C says: rerun the same command to resume
+
+
+def check_out_dir(out: str) -> None:
+    """``--out`` must be a directory or not exist yet, and not lie under a file."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out!r} is a file; results go into a directory: pass a new or existing folder, e.g. --out {str(path.with_suffix(''))+'-results'!r}.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"--out {out!r}: {str(parent)!r} is a file, not a directory; choose another folder.")
+            break
+
+
+def check_override_values(plans, overrides: dict[str, str]) -> None:
+    """A --set number must be finite and keep the sign of the preset's value: a count or size
+    (steps, batch, hidden...) stays >= 1 and a rate stays > 0, so steps=-5 is refused."""
+    for plan in plans:
+        preset = plan.experiment.presets[plan.preset]
+        for key in overrides:
+            value, default = getattr(plan.config, key), getattr(preset, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not isinstance(default, (int, float)):
+                continue
+            if not math.isfinite(value):
+                raise UsageError(f"--set {key}={overrides[key]}: {key} must be a finite number (the {plan.preset} preset of {plan.experiment.name} has {default}).")
+            if default > 0 and value <= 0:
+                bound = "at least 1" if isinstance(default, int) else "> 0"
+                raise UsageError(f"--set {key}={overrides[key]}: {key} must be {bound} (the {plan.preset} preset of {plan.experiment.name} has {default}).")
+            if default >= 0 and value < 0:
+                raise UsageError(f"--set {key}={overrides[key]}: {key} must be >= 0 (the {plan.preset} preset of {plan.experiment.name} has {default}).")
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
@@ -114,7 +149,14 @@ def run_plans(names: list[str], args: argparse.Namespace, overrides: dict[str, s
     from gradguard.lab import results as summary
     from gradguard.lab import runner
 
+    check_out_dir(args.out)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}; --workers 1 runs every job in this process.")
+    if seeds is not None and seeds < 1:
+        raise UsageError(f"--seeds must be at least 1, got {seeds}.")
     plans = [runner.plan(n, args.preset, seeds, args.out, overrides) for n in names]
+    if overrides:
+        check_override_values(plans, overrides)
     start = time.perf_counter()
     with progress_bar(f"{len(plans)} experiment(s), {args.preset}") as progress:
         try:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from gradguard._clipping._base import ClipStats, Clipper, make_stats
+from gradguard._clipping._base import ClipStats, Clipper, make_stats, mul_wide_
 from gradguard._errors import check_positive
 from gradguard._grads import GradBatch, Shard
 from gradguard._norms import GradNorms, module_of, unitwise_norm
@@ -65,8 +65,11 @@ class AGC(Clipper):
         self.eps = check_positive("eps", eps, allow_zero=True)
         if isinstance(exclude, str):
             exclude = (exclude,)
-        if not all(isinstance(pattern, str) for pattern in exclude):
-            raise TypeError(f"exclude must be a sequence of glob patterns or 'head', got {exclude!r}.")
+        if exclude is None or not hasattr(exclude, "__iter__") or not all(isinstance(pattern, str) for pattern in exclude):
+            raise TypeError(
+                f"exclude must be a sequence of glob patterns on parameter names, or 'head' for the final layer, "
+                f"got {exclude!r}. Use exclude=() to clip every parameter."
+            )
         self.exclude = tuple(exclude)
 
     def excluded(self, names: Sequence[str], params: Sequence[torch.Tensor]) -> set[str]:
@@ -99,10 +102,17 @@ class AGC(Clipper):
             else:
                 g_norm = unitwise_norm(grad.to(dtype))
                 w_norm = unitwise_norm(weight.to(dtype))
-            coef = torch.clamp(self.clipping * w_norm.clamp(min=self.eps) / g_norm.clamp(min=GRAD_NORM_FLOOR), max=1.0)
-            grad.mul_(coef.to(grad.dtype))
+            # The factor stays in float32 (float64 for float64 gradients): rounded to fp16 it would
+            # underflow to 0 for large gradients and zero them.
+            # Only units over the bound change (the paper's condition): with a bound below the
+            # floor, a min(1, bound / floor) factor would also shrink units already under it.
+            bound = self.clipping * w_norm.clamp(min=self.eps)
+            coef = torch.where(g_norm > bound, bound / g_norm.clamp(min=GRAD_NORM_FLOOR), torch.ones_like(g_norm))
+            mul_wide_(grad, coef)
             after_sq.append((g_norm * coef).pow(2).sum())
-            clipped.append((coef < 1.0).any())
+            # A unit with a zero gradient is unchanged whatever its factor (eps=0 and a zero
+            # weight give a factor of 0): it does not count as clipped.
+            clipped.append(((coef < 1.0) & (g_norm > 0)).any())
         if not after_sq:
             return make_stats(norms.total, norms.total, self.clipping, torch.zeros((), dtype=torch.bool, device=batch.device))
         after = torch.stack(after_sq)

@@ -37,7 +37,8 @@ class ClipNorm(Clipper):
         total = norms.total
         coef = torch.clamp(self.max_norm / (total + TORCH_CLIP_EPS), max=1.0)
         scale_(batch, coef)
-        return make_stats(total, total * coef, self.max_norm, coef < 1.0, coef)
+        # All-zero gradients are unchanged by any factor: not clipped, even when max_norm < 1e-6.
+        return make_stats(total, total * coef, self.max_norm, (coef < 1.0) & (total > 0), coef)
 
     def _config(self):
         return {"max_norm": self.max_norm, "norm_type": self.norm_type}
@@ -48,6 +49,10 @@ class ClipTensorNorm(Clipper):
 
     g_i <- g_i * max_norm / max(||g_i||, max_norm). Unlike ``ClipNorm`` this changes the relative
     size of the tensors, and with it the update direction.
+
+    Norms are taken in float32 for fp16, bf16 and float32 gradients: a tensor whose norm is below
+    about 1e-19 (where the squares underflow, as in ``torch.linalg.vector_norm``) reads as 0 and
+    is left alone, so a ``max_norm`` that small is not honoured in those dtypes.
     """
 
     name = "tensor_norm"

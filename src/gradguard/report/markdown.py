@@ -2,8 +2,11 @@
 
 Meant for terminals and CI logs, so it stays readable as plain text and renders on GitHub.
 Strings from a run are escaped: module names go in code spans; in other text, what Markdown would
-act on (a backslash, backtick or star, a "<" that could open a tag, a "](" that could close a
-link) is backslash-escaped, pipes too inside tables, and newlines become spaces.
+act on (a backslash, backtick or star, a "](" that could close a link) is backslash-escaped, a
+"<" that could open a tag or an autolink becomes ``&lt;`` and an "&" that could start an entity
+``&amp;``, pipes are escaped inside tables, and newlines become spaces. Entities rather than
+backslashes for "<": Python-Markdown, unlike CommonMark, does not take "\\<" as an escape and
+would render a live ``<style>`` or ``<script>`` from an events cell.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ from gradguard.report.data import LabData, RunData, clipping_stats, figure_table
 MAX_ROWS = 40  # rows per table; the HTML report has the rest
 
 # What would make Markdown act rather than show: a backslash, a backtick, emphasis stars, a "<"
-# that could open an HTML tag, and "](" that could close a link. Escaping only these keeps text
-# such as "x < 0" or "[0.1, 0.2]" readable in a terminal.
-_SPECIAL = re.compile(r"[\\`*]|<(?=[A-Za-z/!?])|\](?=[(\[])")
+# that could open an HTML tag, comment or autolink, an "&" that could start an entity, and "]("
+# that could close a link. Escaping only these keeps text such as "x < 0" or "[0.1, 0.2]"
+# readable in a terminal. "<" and "&" become entities, which every Markdown renderer honours.
+_SPECIAL = re.compile(r"[\\`*]|<(?=[A-Za-z/!?])|&(?=#?[A-Za-z0-9]+;)|\](?=[(\[])")
+_ENTITIES = {"<": "&lt;", "&": "&amp;"}
 
 
 def text(value: object) -> str:
-    return _SPECIAL.sub(lambda m: "\\" + m.group(0), " ".join(str(value).split()))
+    return _SPECIAL.sub(lambda m: _ENTITIES.get(m.group(0)) or "\\" + m.group(0), " ".join(str(value).split()))
 
 
 def code(value: object) -> str:
@@ -155,7 +160,7 @@ def _lab(lab: LabData) -> list[str]:
     out = [f"## Lab: {text(lab.name)}", "", f"source: {code(lab.source)}; {passed} of {len(lab.claims)} claims pass", ""]
     for claim in lab.claims:
         facts = ", ".join(x for x in (f"preset {claim.preset}" if claim.preset else "", f"{claim.seeds} seed(s)" if claim.seeds else "") if x)
-        out += [f"### {claim.status.upper()}: {code(claim.experiment)}" + (f" ({text(facts)})" if facts else ""), ""]
+        out += [f"### {text(claim.status.upper())}: {code(claim.experiment)}" + (f" ({text(facts)})" if facts else ""), ""]
         for label, value in (("Claim", claim.claim), ("Anchor", claim.anchor), ("Criterion", claim.criterion), ("Measured", claim.summary)):
             if value:
                 out += [f"{label}: {text(value)}", ""]
