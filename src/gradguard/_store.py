@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from gradguard import _io
 from gradguard._finding import Finding
 from gradguard._history import SCALARS, Chunk
 
@@ -69,7 +70,7 @@ def _real(x: Any) -> float | None:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_default, allow_nan=True)
+    return _io.dumps(value, literal_nonfinite=True)  # the one JSON codec; NaN/Infinity tokens, read back by json.loads
 
 
 def _default(obj: Any) -> Any:
