@@ -162,7 +162,7 @@ def test_autoclip_state_is_constant_size():
 # ---------------------------------------------------------------- ZClip
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"warmup_steps": 5, "max_grad_norm": 3.0}, {"mode": "percentile", "warmup_steps": 4}, {"clip_option": "mean", "clip_factor": 0.7, "warmup_steps": 6}],
+    [{"max_grad_norm": None}, {"warmup_steps": 5, "max_grad_norm": 3.0}, {"mode": "percentile", "warmup_steps": 4, "max_grad_norm": None}, {"clip_option": "mean", "clip_factor": 0.7, "warmup_steps": 6, "max_grad_norm": None}],
 )
 def test_zclip_matches_reference(kwargs):
     rng = np.random.default_rng(0)

@@ -10,11 +10,11 @@ from fnmatch import fnmatchcase
 import pytest
 
 from gradguard.lab import registry, runner
-from gradguard.lab.registry import STATUS_FAIL, STATUS_PASS, STATUS_SCALE, Verdict
+from gradguard import _io
+from gradguard.lab.registry import STATUS_PASS, STATUS_SETUP, Verdict
 from gradguard.report import data
 
 NAMES = registry.names()
-STATUSES = {STATUS_PASS, STATUS_FAIL, STATUS_SCALE}
 
 
 def test_all_ten_experiments_of_the_issue_are_registered():
@@ -25,7 +25,7 @@ def test_all_ten_experiments_of_the_issue_are_registered():
 def test_metadata(name):
     exp = registry.get(name)
     assert exp.claim and exp.anchor and exp.short_anchor and exp.quick_seconds > 0
-    assert set(exp.presets) == {"quick", "full", "smoke"}
+    assert {"quick", "full", "smoke"} <= set(exp.presets) <= {"quick", "standard", "full", "smoke"}
     for preset in exp.presets.values():
         assert isinstance(preset, exp.config)
         variants = exp.variants(preset)
@@ -42,11 +42,11 @@ def test_smoke_preset_writes_a_well_formed_result(name, tmp_path):
     on_disk = json.loads((tmp_path / name / "smoke" / "result.json").read_text())  # strict JSON
     assert on_disk["experiment"] == name and on_disk["claim"] == exp.claim and on_disk["anchor"] == exp.anchor
     verdict = result["verdict"]
-    assert verdict["status"] in STATUSES, result.get("errors")
+    assert verdict["status"] == STATUS_SETUP, result.get("errors")  # a smoke run judges no claim
     assert verdict["criterion"] and isinstance(verdict["measured"], dict)
     assert len(result["jobs"]) == len(exp.variants(exp.presets["smoke"])) * exp.seeds["smoke"]
     assert all(j["metrics"] for j in result["jobs"])
-    assert on_disk["config"] == json.loads(json.dumps(runner._strict(dataclasses.asdict(exp.presets["smoke"]))))
+    assert on_disk["config"] == json.loads(_io.dumps(dataclasses.asdict(exp.presets["smoke"])))
     jobs = list((tmp_path / name / "smoke" / "jobs").glob("*.json"))
     assert len(jobs) == len(result["jobs"])
     # every experiment declares its figures, and each one whose variants ran draws every one of them
@@ -80,6 +80,8 @@ def test_verdict_status_words():
     assert Verdict(False, "c", "s").status == "fail"
     assert Verdict(False, "c", "s", scale_limited=True).status == "not reproduced at quick scale"
     assert Verdict(True, "c", "s", scale_limited=True).status == "pass"
+    assert Verdict(True, "c", "s", setup_only=True).status == "set-up ran (smoke)"
+    assert Verdict(True, "c", "s", error=True).status == "error"
 
 
 def test_unknown_experiment_suggests_close_matches():

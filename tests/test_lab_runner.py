@@ -112,23 +112,6 @@ def driver(tmp: Path, out: Path, journal: Path, workers: int, sleep: float, *ext
     return subprocess.Popen([sys.executable, str(tmp / "driver.py"), str(out), str(journal), str(workers), str(sleep), *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
-# ---------------------------------------------------------------- files
-def test_atomic_json_round_trips_non_finite_numbers_as_strict_json(tmp_path):
-    path = tmp_path / "a" / "r.json"
-    runner.write_json_atomic(path, {"x": math.inf, "y": [math.nan, -math.inf, 1.5], "s": "text"})
-    text = path.read_text()
-    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
-    back = runner.read_json(path)
-    assert back["x"] == math.inf and math.isnan(back["y"][0]) and back["y"][1:] == [-math.inf, 1.5] and back["s"] == "text"
-    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_torn_or_missing_file_reads_as_unfinished(tmp_path):
-    (tmp_path / "torn.json").write_text('{"metrics": {"a": 1')
-    assert runner.read_json(tmp_path / "torn.json") is None
-    assert runner.read_json(tmp_path / "missing.json") is None
-
-
 # ---------------------------------------------------------------- in-process resume
 def test_second_run_resumes_every_job_and_a_config_change_reruns(sleepy, tmp_path):
     journal, out = tmp_path / "journal", tmp_path / "out"
@@ -225,15 +208,14 @@ def test_figure_specs_round_trip_through_result_json(curvy, tmp_path):
     hlines=st.lists(st.tuples(st.floats(allow_nan=False, allow_infinity=False, width=32), st.text(max_size=8)), max_size=3),
 )
 def test_any_figure_spec_survives_result_json_into_the_report(texts, log_y, variants, hlines):
-    from gradguard.report.lab import _spec
+    from gradguard import _io
+    from gradguard.lab.records import FigureSpec
 
     metric, title, x, x_label, y_label, reference, caption = texts
     fig = registry.Figure(metric or "m", title or "t", x=x, x_label=x_label, y_label=y_label, log_y=log_y, reference=reference, variants=tuple(variants), hlines=tuple(hlines), caption=caption)
-    text = json.dumps(runner._strict({"figures": [fig.to_dict()]}), allow_nan=False)
-    spec = _spec(json.loads(text)["figures"][0])
-    assert spec["metric"] == fig.metric and spec["title"] == fig.title and spec["x"] == x and spec["log_y"] == log_y
-    assert (spec["x_label"], spec["y_label"], spec["reference"], spec["caption"]) == (x_label, y_label, reference, caption)
-    assert spec["variants"] == variants and spec["hlines"] == [(float(v), label) for v, label in hlines]
+    text = _io.dumps({"figures": [fig.to_dict()]})
+    spec = FigureSpec.from_dict(_io.loads(text)["figures"][0])
+    assert spec == registry.Figure(fig.metric, fig.title, x=x, x_label=x_label, y_label=y_label, log_y=log_y, reference=reference, variants=tuple(variants), hlines=tuple((float(v), label) for v, label in hlines), caption=caption)
 
 
 def test_a_figure_spec_is_checked_when_declared():

@@ -104,7 +104,7 @@ def test_the_real_runner_output_reads(tmp_path):
     runner.run_experiment("activations", preset="smoke", out=tmp_path, device="cpu", workers=1)
     (lab,) = data.load(tmp_path)
     (claim,) = lab.claims
-    assert claim.experiment == "activations" and claim.status == "pass" and claim.anchor.startswith("Pascanu")
+    assert claim.experiment == "activations" and claim.status == "set-up ran (smoke)" and claim.anchor.startswith("Pascanu")
     assert ["sigmoid", 0.25] == claim.rows[0][:2]
 
 
@@ -112,7 +112,14 @@ def test_the_real_runner_output_reads(tmp_path):
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from gradguard.report.lab import aggregate, lab_figures  # noqa: E402
+from gradguard.lab.records import FigureSpec, JobRecord  # noqa: E402
+from gradguard.report import lab as lab_report  # noqa: E402
+from gradguard.report.lab import aggregate  # noqa: E402
+
+
+def lab_figures(jobs, specs):
+    """The report's figures of jobs and specs written as result.json holds them."""
+    return lab_report.lab_figures([JobRecord.from_dict(j) for j in jobs], [s for s in map(FigureSpec.from_dict, specs) if s])
 
 BPTT_SPEC = {"metric": "ratio", "title": "Ratio k steps back", "x_label": "k", "y_label": "ratio", "log_y": True, "reference": "bound", "reference_label": "bound s^k"}
 LOSS_SPEC = {"metric": "loss_curve", "title": "Training loss", "x": "loss_curve_step", "x_label": "step", "y_label": "loss", "variants": ["norm", "n*ne"], "hlines": [[0.1667, "baseline"]]}

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from gradguard import _io
 from gradguard._finding import Finding
 from gradguard._history import Chunk
 from gradguard._rundata import STEP_COLUMNS
@@ -77,7 +78,7 @@ def _ints(values: np.ndarray) -> list[int]:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, default=_default, allow_nan=True)
+    return _io.dumps(value, literal_nonfinite=True)  # the one JSON codec; NaN/Infinity tokens, read back by json.loads
 
 
 def _default(obj: Any) -> Any:

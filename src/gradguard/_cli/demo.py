@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"gradguard demo: {len(DEMO_SUITE)} experiments, {args.preset} preset, results in {args.out}/", file=sys.stderr)
     results, wall = run_plans(list(DEMO_SUITE), args, title="gradguard demo")
-    summary.print_table(results, title=f"gradguard demo: {sum(r['verdict']['status'] == 'pass' for r in results)} of {len(results)} claims reproduced ({wall:.0f} s)")
+    summary.print_table(results, title=f"gradguard demo: {summary.headline(results)} ({wall:.0f} s)")
     report = summary.write_html_report(args.out, title="gradguard demo")
     written = ["summary.md", "summary.json"] + ([report.name] if report else [])
     print(f"Wrote {', '.join(f'{args.out}/{w}' for w in written)}; every job's numbers are in {args.out}/<experiment>/{args.preset}/.", file=sys.stderr)

@@ -19,87 +19,17 @@ from typing import Any
 import torch
 
 from gradguard._errors import unknown_name
+from gradguard.lab.records import STATUS_FAIL, STATUS_PASS, STATUS_SCALE, STATUS_SETUP, FigureSpec, Verdict  # noqa: F401 (used by the experiments)
 
-PRESETS = ("quick", "full", "smoke")  # smoke: a tiny budget that only checks the code runs end to end
+# smoke: a tiny budget that only checks the set-up runs end to end (its verdicts mean nothing);
+# quick: minutes on 2 CPU cores (the demo); standard: quick plus the longer runs an experiment
+# needs to show all of its claim (an experiment without a standard preset runs its quick one);
+# full: the papers' scale, for a GPU or a long run.
+PRESETS = ("quick", "standard", "full", "smoke")
 
-STATUS_PASS = "pass"
-STATUS_FAIL = "fail"
-STATUS_SCALE = "not reproduced at quick scale"
-
-
-@dataclass
-class Verdict:
-    """Whether the measured numbers show the claim, by the stated ``criterion``.
-
-    ``scale_limited`` is True when the run was smaller than the claim needs (the judge states
-    the rule, e.g. "the paper trains 10^5 steps, this run 2,000"); a failed criterion then reads
-    "not reproduced at quick scale" rather than "fail". The criterion itself never changes.
-    """
-
-    passed: bool
-    criterion: str
-    summary: str  # one line with the key measured numbers
-    measured: dict[str, Any] = field(default_factory=dict)
-    scale_limited: bool = False
-    headline: str = ""  # the few numbers that make the point, for the terminal table ("" = summary)
-
-    @property
-    def status(self) -> str:
-        if self.passed:
-            return STATUS_PASS
-        return STATUS_SCALE if self.scale_limited else STATUS_FAIL
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status, **dataclasses.asdict(self)}
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A figure the report draws from a list-valued metric: one line per variant, seeds aggregated.
-
-    Metric names are paths into a job's metrics, dotted for nested dicts ("curve.df"). A metric
-    is a list of numbers or a list of [x, y] pairs.
-
-    Attributes:
-        metric: the curve drawn, one line per variant.
-        title: the figure's title.
-        x: the metric holding the x values; "" takes x from [x, y] pairs, else 0, 1, 2, ...
-        x_label, y_label: axis labels.
-        log_y: a log y axis (values <= 0 are left out).
-        reference: a metric drawn dashed in its variant's colour (a bound, a value at init).
-        reference_label: the legend's words for the dashed lines.
-        variants: shell patterns of the variants drawn (e.g. ``("adding:*",)``); empty: all.
-        hlines: constant levels drawn dotted, as (value, label), e.g. a baseline's error.
-        caption: what to read in the figure, one or two sentences.
-    """
-
-    metric: str
-    title: str
-    x: str = ""
-    x_label: str = ""
-    y_label: str = ""
-    log_y: bool = False
-    reference: str = ""
-    reference_label: str = ""
-    variants: tuple[str, ...] = ()
-    hlines: tuple[tuple[float, str], ...] = ()
-    caption: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.metric or not self.title:
-            raise ValueError(f"a Figure needs a metric and a title; got metric={self.metric!r}, title={self.title!r}.")
-        if isinstance(self.variants, str):
-            raise TypeError(f"Figure.variants is a tuple of patterns; write ({self.variants!r},) for one.")
-        for line in self.hlines:
-            if len(line) != 2 or not isinstance(line[0], (int, float)) or not isinstance(line[1], str):
-                raise TypeError(f"Figure.hlines holds (value, label) pairs; got {line!r}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The spec as JSON-ready data, as ``result.json`` holds it."""
-        d = dataclasses.asdict(self)
-        d["variants"] = list(self.variants)
-        d["hlines"] = [[float(v), label] for v, label in self.hlines]
-        return d
+# What a job's judge returns and how a figure is declared: defined with the other records the
+# runner writes and the report reads.
+Figure = FigureSpec
 
 
 @dataclass
@@ -154,6 +84,8 @@ class Experiment:
 
     def preset(self, name: str, overrides: Mapping[str, str] | None = None) -> Any:
         """The config of preset ``name`` with ``overrides`` ("field" -> text value) applied."""
+        if name == "standard" and name not in self.presets:
+            name = "quick"  # no longer runs needed: standard is quick
         if name not in self.presets:
             raise unknown_name("preset", name, self.presets)
         cfg = self.presets[name]

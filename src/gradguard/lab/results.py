@@ -1,8 +1,10 @@
 """Summaries of lab results: the claims table for the terminal, and Markdown and JSON files.
 
-Reads what the runner wrote (``<out>/<experiment>/<preset>/result.json``) or takes the result
-dicts it returned. ``write_summary`` writes ``summary.md`` and ``summary.json`` atomically;
-``write_html_report`` is the hook to the HTML report of ``gradguard.report``.
+Reads what the runner wrote (``<out>/<experiment>/<preset>/result.json``, through
+``records.read_results``, the one reader the report uses too) or takes the result dicts it
+returned. ``write_summary`` writes ``summary.md`` (the report's Markdown rendering of the
+results folder) and ``summary.json``, both atomically; ``write_html_report`` is the hook to the
+HTML report of ``gradguard.report``.
 """
 
 from __future__ import annotations
@@ -13,17 +15,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gradguard.lab.runner import environment, read_json, write_json_atomic
+from gradguard import _io
+from gradguard.lab import records
+from gradguard.lab.runner import environment
 
-STATUS_STYLE = {"pass": "green", "fail": "red", "not reproduced at quick scale": "yellow", "error": "red"}
+STATUS_STYLE = {records.STATUS_PASS: "green", records.STATUS_FAIL: "red", records.STATUS_SCALE: "yellow", records.STATUS_ERROR: "red", records.STATUS_SETUP: "cyan"}
 
 
 def load_results(out: str | Path) -> list[dict[str, Any]]:
-    """Every ``result.json`` under ``out``, in the registry's order of experiments."""
+    """Every ``result.json`` under ``out`` (as the runner returned them), in the registry's order of experiments."""
     from gradguard.lab import registry
 
     order = {name: i for i, name in enumerate(registry.names())}
-    found = [r for r in (read_json(p) for p in Path(out).glob("*/*/result.json")) if r]
+    found = [_io.from_json(_io.to_json(r.to_dict())) for _, r in records.read_results(out)]
     return sorted(found, key=lambda r: (order.get(r["experiment"], len(order)), r["experiment"], r["preset"]))
 
 
@@ -47,38 +51,25 @@ def rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def to_markdown(results: Sequence[dict[str, Any]], title: str = "gradguard lab results") -> str:
-    """A Markdown page: the claims table, then each experiment's criterion and measured numbers."""
-    table = rows(results)
-    passed = sum(r["status"] == "pass" for r in table)
-    lines = [f"# {title}", "", f"{passed} of {len(table)} claims reproduced.", ""]
-    lines += ["| experiment | verdict | measured | anchor |", "| --- | --- | --- | --- |"]
-    for r in table:
-        lines.append(f"| {r['experiment']} ({r['preset']}) | {r['status']} | {_cell(r['headline'])} | {_cell(r['short_anchor'])} |")
-    for r in table:
-        lines += [
-            "",
-            f"## {r['experiment']}",
-            "",
-            f"- Claim: {r['claim']}",
-            f"- Anchor: {r['anchor']}",
-            f"- Criterion: {r['criterion']}",
-            f"- Measured: {r['measured']}",
-            f"- Verdict: **{r['status']}** ({r['preset']} preset, {r['seeds']} seed(s), {r['seconds']:.0f} s of compute)",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+def headline(results: Sequence[dict[str, Any]]) -> str:
+    """One line on the whole run: claims reproduced, or, for smoke runs, that only the set-up was checked."""
+    statuses = [r["verdict"]["status"] for r in results]
+    if statuses and all(s == records.STATUS_SETUP for s in statuses):
+        return f"smoke preset: the set-up of {len(statuses)} experiment(s) ran end to end; no claim is judged at this size (run the quick preset for verdicts)"
+    judged = [s for s in statuses if s != records.STATUS_SETUP]
+    return f"{sum(s == records.STATUS_PASS for s in judged)} of {len(judged)} claims reproduced"
 
 
 def write_summary(out: str | Path, results: Sequence[dict[str, Any]], title: str = "gradguard lab results", wall_seconds: float | None = None) -> tuple[Path, Path]:
     """Write ``summary.md`` and ``summary.json`` into ``out``; returns their paths."""
+    from gradguard.report import lab as lab_report
+    from gradguard.report import markdown
+
     out = Path(out)
     md_path, json_path = out / "summary.md", out / "summary.json"
     summary = {
         "title": title,
+        "headline": headline(results),
         "created": time.time(),
         "wall_seconds": wall_seconds,
         "environment": environment(),
@@ -87,20 +78,10 @@ def write_summary(out: str | Path, results: Sequence[dict[str, Any]], title: str
             for row, r in zip(rows(results), results)
         ],
     }
-    write_json_atomic(json_path, summary)
-    _write_text_atomic(md_path, to_markdown(results, title))
+    _io.write_json(json_path, summary)
+    lab = lab_report.read_results_dir(out)
+    _io.write_atomic(md_path, markdown.render([lab], title) if lab is not None else f"# {title}\n\nNo lab results in {out}.\n")
     return md_path, json_path
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    import os
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def write_html_report(out: str | Path, title: str = "gradguard lab results") -> Path | None:

@@ -1,11 +1,13 @@
 """Run many (experiment, config, seed) jobs: in parallel where that pays, resumable, atomic.
 
-Every job writes its own result file, ``<out>/<experiment>/<preset>/jobs/<variant>.seed<k>.json``,
-atomically (temporary file, fsync, rename), from the process that ran it. A job whose file
+Every job writes its own result file, ``<out>/<experiment>/<preset>/jobs/<variant>.seed<k>.json``
+(a ``records.JobRecord``), atomically through ``gradguard._io`` (temporary file, fsync, rename;
+the temporary file is removed when the write fails, e.g. on a full disk), from the process that
+ran it. A job whose file
 exists with the same config hash is finished and is never run again; a job killed half-way left
 no file and runs again from the start. So a killed run, started again, loses no finished job and
 repeats none. When an experiment's jobs are all done, its ``judge`` turns them into
-``result.json`` next to the ``jobs`` folder.
+``result.json`` (a ``records.Result``) next to the ``jobs`` folder.
 
 Parallelism: CPU jobs of experiments marked ``parallel`` go to a pool of spawned processes, one
 thread each (spawned, not forked: forking a process that already ran torch can deadlock). Worker
@@ -19,7 +21,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import multiprocessing
 import os
 import platform
@@ -37,78 +38,16 @@ from typing import Any
 
 import torch
 
+from gradguard import _io
 from gradguard._errors import check_choice, check_int
 from gradguard.lab import registry
+from gradguard.lab.records import JobRecord, Result, Verdict
 from gradguard.lab.registry import Context, Experiment
 
 DEVICES = ("auto", "cpu", "cuda")
 
 
 # --------------------------------------------------------------------------- files
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that ``path`` holds either the old content or all of the new, never a part.
-
-    Strict JSON: non-finite numbers are written as the strings "inf", "-inf" and "nan", which
-    ``read_json`` turns back into floats.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(_strict(data), fh, indent=1, allow_nan=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every OS)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-_NONFINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
-
-
-def _strict(obj: Any) -> Any:
-    """JSON-ready copy: non-finite floats become strings, tensors/arrays lists, paths strings."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else ("nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf"))
-    if isinstance(obj, dict):
-        return {str(k): _strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_strict(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _strict(dataclasses.asdict(obj))
-    if hasattr(obj, "tolist"):
-        return _strict(obj.tolist())
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    raise TypeError(f"cannot write a {type(obj).__name__} into a result file")
-
-
-def _loose(obj: Any) -> Any:
-    """Inverse of ``_strict`` for numbers: "inf", "-inf" and "nan" back to floats."""
-    if isinstance(obj, str):
-        return _NONFINITE.get(obj, obj)
-    if isinstance(obj, dict):
-        return {k: _loose(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_loose(v) for v in obj]
-    return obj
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON in ``path``, or None when it is missing or unreadable (a torn write of an old version)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return _loose(json.load(fh))
-    except (OSError, ValueError):
-        return None
-
-
 def config_hash(cfg: Any) -> str:
     text = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
@@ -142,9 +81,10 @@ class Job:
     def store_dir(self) -> Path:
         return self.directory / "stores" / _safe(self.key)
 
-    def finished(self) -> dict[str, Any] | None:
-        record = read_json(self.path)
-        if record and record.get("config_hash") == self.config_hash and "metrics" in record:
+    def finished(self) -> JobRecord | None:
+        """The job's record when it ran to the end with this config, else None."""
+        record = JobRecord.read(self.path)
+        if record is not None and record.config_hash == self.config_hash:
             return record
         return None
 
@@ -204,22 +144,11 @@ def execute(job: Job, device: str, keep_stores: bool = True) -> dict[str, Any]:
     exp = registry.get(job.experiment)
     ctx = Context(torch.device(device), job.store_dir if keep_stores else None)
     torch.manual_seed(job.seed)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     metrics = exp.run(job.config, job.variant, job.seed, ctx)
-    record = {
-        "experiment": job.experiment,
-        "preset": job.preset,
-        "variant": job.variant,
-        "seed": job.seed,
-        "config_hash": job.config_hash,
-        "device": device,
-        "seconds": time.perf_counter() - start,
-        "finished": time.time(),
-        "pid": os.getpid(),
-        "metrics": metrics,
-    }
-    write_json_atomic(job.path, record)
-    return record
+    record = JobRecord(job.experiment, job.preset, job.variant, job.seed, metrics, job.config_hash, device, time.perf_counter() - start, time.time(), os.getpid(), time.process_time() - cpu)
+    _io.write_json(job.path, record)
+    return record.to_dict()
 
 
 # --------------------------------------------------------------------------- the runner
@@ -274,7 +203,7 @@ def run(
             for job in p.jobs:
                 record = job.finished()
                 if record:
-                    resumed.append((job, record))
+                    resumed.append((job, record.to_dict()))
                 else:
                     pending.append(job)
         emit("total", None, {"total": sum(len(p.jobs) for p in plans), "done": len(resumed)})
@@ -336,8 +265,8 @@ def _run_pool(jobs: list[Job], device: str, n_workers: int, keep_stores: bool, e
                     try:
                         emit("done", job, fut.result())
                     except BrokenProcessPool:
-                        if job.finished():  # it wrote its file before the pool broke
-                            emit("done", job, job.finished())
+                        if record := job.finished():  # it wrote its file before the pool broke
+                            emit("done", job, record.to_dict())
                         else:
                             lost.append(job)
                     except Exception as exc:
@@ -358,32 +287,34 @@ def _judge(p: Plan, errors: Mapping[str, str], device: str) -> dict[str, Any]:
     exp = p.experiment
     records = [job.finished() for job in p.jobs]
     failed = {k: v for k, v in errors.items() if k.startswith(exp.name + "/")}
-    result: dict[str, Any] = {
-        "experiment": exp.name,
-        "claim": exp.claim,
-        "anchor": exp.anchor,
-        "short_anchor": exp.short_anchor or exp.anchor,
-        "preset": p.preset,
-        "seeds": p.seeds,
-        "config": dataclasses.asdict(p.config),
-        "config_hash": config_hash(p.config),
-        "device": device,
-        "environment": environment(),
-        "seconds": sum(r["seconds"] for r in records if r),
-        "jobs": [{"variant": r["variant"], "seed": r["seed"], "seconds": r["seconds"], "metrics": r["metrics"]} for r in records if r],
-        "figures": [f.to_dict() for f in exp.figures],  # how the report draws the curves (it never imports experiments)
-        "created": time.time(),
-    }
-    if failed or not all(records):
-        result["verdict"] = {"status": "error", "passed": False, "criterion": "", "summary": f"{len(failed) or sum(not r for r in records)} job(s) failed", "measured": {}}
-        result["errors"] = failed
+    done = [r for r in records if r]
+    if failed or len(done) < len(records):
+        verdict = Verdict(False, "", f"{len(failed) or len(records) - len(done)} job(s) failed", error=True)
     else:
-        verdict = exp.judge(p.config, result["jobs"])
+        verdict = exp.judge(p.config, [r.brief() for r in done])
         if p.preset == "smoke":
-            verdict.scale_limited = True  # a smoke run only checks that the code runs end to end
-        result["verdict"] = verdict.to_dict()
-    write_json_atomic(p.directory / "result.json", result)
-    return result
+            verdict.setup_only = True  # a smoke run only checks that the code runs end to end
+    result = Result(
+        experiment=exp.name,
+        claim=exp.claim,
+        anchor=exp.anchor,
+        short_anchor=exp.short_anchor or exp.anchor,
+        preset=p.preset,
+        verdict=verdict,
+        seeds=p.seeds,
+        config=dataclasses.asdict(p.config),
+        config_hash=config_hash(p.config),
+        device=device,
+        environment=environment(),
+        seconds=sum(r.seconds for r in done),
+        cpu_seconds=sum(r.cpu_seconds for r in done),
+        jobs=done,
+        figures=list(exp.figures),
+        errors=failed,
+        created=time.time(),
+    )
+    result.write(p.directory / "result.json")
+    return _io.from_json(_io.to_json(result.to_dict()))  # as a reader of result.json sees it
 
 
 def environment() -> dict[str, Any]:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
+from gradguard import _io
 from gradguard._errors import check_choice
 from gradguard.report.data import load
 
@@ -32,26 +32,11 @@ def write_report(stores_or_paths: Any, path: str | os.PathLike, format: str = "h
     Args:
         stores_or_paths: a ``RunStore``, a run store file (``*.sqlite``), a lab results
             directory, or a list of these; several give one section per run.
-        path: the file to write (parent directories are created). Written to a temporary file,
-            fsynced and renamed, so an interrupted write never leaves half a report.
+        path: the file to write (parent directories are created). Written atomically
+            (``gradguard._io``), so an interrupted write never leaves half a report.
         format: "html" (one self-contained page that opens offline) or "md" (Markdown, for
             terminals and CI logs).
         title: the page title; by default built from the run names.
     """
     text = render(stores_or_paths, format, title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name beside the target (same file system, so os.replace is atomic); opened with
-    # mode "x" rather than mkstemp so the report gets the usual permissions, not 0600.
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return _io.write_atomic(path, text)

@@ -24,84 +24,9 @@ from gradguard._finding import Finding
 from gradguard._metrics import coef as clip_coef
 from gradguard._rundata import ModuleMetric, RunData, Timesteps  # noqa: F401  (the report's view of a run)
 from gradguard._store import RunStore
+from gradguard.report.lab import Claim, Curve, LabData, LabFigure  # noqa: F401 (the lab's report types, re-exported)
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-@dataclass
-class Curve:
-    """One line of a lab figure: a variant's curve, its seeds aggregated point by point.
-
-    ``y`` is the geometric mean over the seeds finite there when every finite value of the
-    variant is positive, else their arithmetic mean; ``low``/``high`` are the seeds' min and max
-    (None for one seed). ``reference`` marks a bound or baseline drawn dashed; ``group`` is the
-    variant's index, so that a variant and its reference share a colour.
-    """
-
-    label: str
-    x: np.ndarray
-    y: np.ndarray
-    low: np.ndarray | None = None
-    high: np.ndarray | None = None
-    reference: bool = False
-    group: int = 0
-    seeds: int = 1
-
-
-@dataclass
-class LabFigure:
-    """A figure of a lab claim: its curves and how to draw them (the experiment's declared spec,
-    or the fallback for results that declare none). ``notes`` say what was truncated or left out."""
-
-    title: str
-    metric: str
-    curves: list[Curve]
-    x_label: str = ""
-    y_label: str = ""
-    log_y: bool = False
-    reference_label: str = ""
-    hlines: list[tuple[float, str]] = field(default_factory=list)
-    caption: str = ""
-    notes: list[str] = field(default_factory=list)
-    declared: bool = True  # False: drawn by the fallback (the result declares no figure)
-
-
-@dataclass
-class Claim:
-    """One lab experiment (at one preset): its claim and anchor, the verdict, the measured numbers.
-
-    ``status`` is the lab's word: "pass", "fail", "not reproduced at quick scale", "error", or
-    "no verdict" (jobs finished, not judged yet). ``columns``/``rows``: the verdict's measured
-    numbers; ``job_columns``/``job_rows``: every job's scalar metrics; ``figures``: its curves.
-    """
-
-    experiment: str
-    claim: str
-    anchor: str
-    status: str
-    passed: bool | None
-    criterion: str = ""
-    summary: str = ""
-    preset: str = ""
-    seeds: int = 0
-    seconds: float = math.nan
-    columns: list[str] = field(default_factory=list)
-    rows: list[list[Any]] = field(default_factory=list)
-    job_columns: list[str] = field(default_factory=list)
-    job_rows: list[list[Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    source: str = ""
-    figures: list[LabFigure] = field(default_factory=list)
-
-
-@dataclass
-class LabData:
-    """A lab results directory: one ``Claim`` per experiment found there."""
-
-    name: str
-    source: str
-    claims: list[Claim]
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def from_store(store: RunStore, name: str | None = None) -> RunData:
@@ -173,9 +98,9 @@ def _load_path(path: Path) -> list[RunData | LabData]:
         raise FileNotFoundError(f"{str(path)!r} does not exist; expected a run store file (*.sqlite) or a lab results directory.")
     if path.is_file():
         return [read_store_file(path)]
-    from gradguard.report import lab
+    from gradguard.report.lab import read_results_dir
 
-    results = lab.read_results_dir(path)
+    results = read_results_dir(path)
     if results is not None:
         return [results]  # its jobs' run stores are listed in the claims, not each given a section
     found: list[RunData | LabData] = []

@@ -1,114 +1,159 @@
 """Read a lab results directory (JSON only) into ``LabData``: one claim per experiment and preset.
 
-The lab runner (``gradguard.lab.runner``) writes, under its ``--out`` directory::
-
-    <experiment>/<preset>/result.json          experiment, claim, anchor, preset, seeds, config,
-                                               environment, jobs [{variant, seed, seconds, metrics}],
-                                               verdict {status, passed, criterion, summary, measured,
-                                               scale_limited}, errors (when jobs failed), created
-    <experiment>/<preset>/jobs/<variant>.seed<k>.json   one finished job: experiment, preset,
-                                               variant, seed, seconds, metrics
-    <experiment>/<preset>/stores/<job>/<name>.db        run stores a job wrote
-
-``result.json`` also holds ``figures``: the experiment's figure specs (``registry.Figure`` as a
-dict: metric, title, x, x_label, y_label, log_y, reference, reference_label, variants, hlines,
-caption); results written before specs existed have none. Non-finite numbers are the strings
-"nan", "inf" and "-inf".
-
-Any directory above or at that level works. An experiment whose jobs are (partly) finished but
-not yet judged shows as "no verdict" with the finished jobs. Run stores are listed by path, not
-read: pass one to ``gradguard report`` to see it.
+What the lab runner writes is defined once, in ``gradguard.lab.records`` (``Result``,
+``JobRecord``, ``FigureSpec``), and read here through its reader. Any directory above or at the
+level of ``<experiment>/<preset>/result.json`` works. An experiment whose jobs are (partly)
+finished but not yet judged shows as "no verdict" with the finished jobs. Run stores are listed
+by path, not read: pass one to ``gradguard report`` to see it.
 
 Curves: each figure draws one line per variant, its seeds aggregated point by point (geometric
 mean when all its finite values are positive, else arithmetic; the seeds' min and max as a band).
 Seeds of unequal length are cut to the shortest, and the figure's notes say so. A result with no
 spec gets the fallback: every list of numbers with the same length in every job, against its
 index, log y when all values are positive and span more than 100x.
+
+This module does not import ``report.data``: ``report.data`` imports the lab types from here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gradguard.report.data import Claim, Curve, LabData, LabFigure
+from gradguard._io import NONFINITE
+from gradguard.lab.records import FigureSpec, JobRecord, Result, read_results, read_unjudged
 
 MAX_JOB_COLUMNS = 10  # scalar metrics shown per job; the rest stays in the JSON
 MAX_FALLBACK_FIGURES = 8  # figures drawn for a result that declares none
-_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}  # how the runner writes them
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, ValueError):
-        return None  # unreadable or torn: skipped, like the runner does
-    return data if isinstance(data, dict) else None
+@dataclass
+class Curve:
+    """One line of a lab figure: a variant's curve, its seeds aggregated point by point.
+
+    ``y`` is the geometric mean over the seeds finite there when every finite value of the
+    variant is positive, else their arithmetic mean; ``low``/``high`` are the seeds' min and max
+    (None for one seed). ``reference`` marks a bound or baseline drawn dashed; ``group`` is the
+    variant's index, so that a variant and its reference share a colour.
+    """
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    reference: bool = False
+    group: int = 0
+    seeds: int = 1
+
+
+@dataclass
+class LabFigure:
+    """A figure of a lab claim: its curves and how to draw them (the experiment's declared spec,
+    or the fallback for results that declare none). ``notes`` say what was truncated or left out."""
+
+    title: str
+    metric: str
+    curves: list[Curve]
+    x_label: str = ""
+    y_label: str = ""
+    log_y: bool = False
+    reference_label: str = ""
+    hlines: list[tuple[float, str]] = field(default_factory=list)
+    caption: str = ""
+    notes: list[str] = field(default_factory=list)
+    declared: bool = True  # False: drawn by the fallback (the result declares no figure)
+
+
+@dataclass
+class Claim:
+    """One lab experiment (at one preset): its claim and anchor, the verdict, the measured numbers.
+
+    ``status`` is the lab's word: "pass", "fail", "not reproduced at quick scale", "set-up ran
+    (smoke)", "error", or "no verdict" (jobs finished, not judged yet). ``columns``/``rows``: the
+    verdict's measured numbers; ``job_columns``/``job_rows``: every job's scalar metrics;
+    ``figures``: its curves.
+    """
+
+    experiment: str
+    claim: str
+    anchor: str
+    status: str
+    passed: bool | None
+    criterion: str = ""
+    summary: str = ""
+    preset: str = ""
+    seeds: int = 0
+    seconds: float = math.nan
+    columns: list[str] = field(default_factory=list)
+    rows: list[list[Any]] = field(default_factory=list)
+    job_columns: list[str] = field(default_factory=list)
+    job_rows: list[list[Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    source: str = ""
+    figures: list[LabFigure] = field(default_factory=list)
+
+
+@dataclass
+class LabData:
+    """A lab results directory: one ``Claim`` per experiment found there."""
+
+    name: str
+    source: str
+    claims: list[Claim]
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def read_results_dir(path: Path) -> LabData | None:
     """The lab results under ``path``, or None when it holds none."""
     claims: list[tuple[float, Claim]] = []
-    judged: set[Path] = set()
-    for result_file in sorted(path.rglob("result.json")):
-        result = _read(result_file)
-        if result is None or "experiment" not in result or "verdict" not in result:
-            continue
-        judged.add(result_file.parent)
-        claims.append((float(result.get("created") or 0.0), claim_from_result(result, result_file.parent, path)))
-    unjudged: dict[Path, list[dict[str, Any]]] = {}
-    for job_file in sorted(path.rglob("jobs/*.json")):
-        folder = job_file.parent.parent
-        if folder in judged:
-            continue
-        record = _read(job_file)
-        if record is not None and "experiment" in record and "metrics" in record:
-            unjudged.setdefault(folder, []).append(record)
-    for folder, records in unjudged.items():
-        claims.append((math.inf, claim_in_progress(records, folder, path)))
+    found = list(read_results(path))
+    for folder, result in found:
+        created = result.created if math.isfinite(result.created) else 0.0
+        claims.append((created, claim_from_result(result, folder, path)))
+    for folder, jobs in read_unjudged(path, {folder for folder, _ in found}).items():
+        claims.append((math.inf, claim_in_progress(jobs, folder, path)))
     if not claims:
         return None
     claims.sort(key=lambda item: item[0])  # the order the runner judged them: the registry's order
-    first = next((r for r in (_read(f) for f in sorted(path.rglob("result.json"))) if r and isinstance(r.get("environment"), dict)), None)
+    first = next((r for _, r in found if r.environment), None)
     meta = {}
     if first:
-        env = first["environment"]
-        meta = {"environment": ", ".join(f"{k} {v}" for k, v in env.items() if v is not None and k in ("gradguard", "torch", "python", "cuda")), "device": first.get("device", "")}
+        env = first.environment
+        meta = {"environment": ", ".join(f"{k} {v}" for k, v in env.items() if v is not None and k in ("gradguard", "torch", "python", "cuda")), "device": first.device}
     return LabData(name=path.resolve().name, source=str(path), claims=[c for _, c in claims], meta={k: v for k, v in meta.items() if v})
 
 
-def claim_from_result(result: dict[str, Any], folder: Path, root: Path) -> Claim:
-    verdict = result.get("verdict") or {}
-    status = str(verdict.get("status") or ("pass" if verdict.get("passed") else "fail"))
-    columns, rows = measured_table(verdict.get("measured") or {})
-    job_columns, job_rows = jobs_table(result.get("jobs") or [])
+def claim_from_result(result: Result, folder: Path, root: Path) -> Claim:
+    verdict = result.verdict
+    columns, rows = measured_table(verdict.measured)
+    job_columns, job_rows = jobs_table(result.jobs)
     notes = []
-    for key, text in (result.get("errors") or {}).items():
+    for key, text in result.errors.items():
         last = [line for line in str(text).strip().splitlines() if line.strip()][-1:] or [""]
         notes.append(f"job {key} failed: {last[0]}")
-    figures, figure_notes = lab_figures(result.get("jobs") or [], result.get("figures"))
+    figures, figure_notes = lab_figures(result.jobs, result.figures)
     notes += figure_notes
     stores = sorted(str(p.relative_to(root)) for p in (folder / "stores").rglob("*.db")) if (folder / "stores").is_dir() else []
     if stores:
         notes.append(f"{len(stores)} run store(s) under {folder.relative_to(root) / 'stores'}; `gradguard report <store>` shows one.")
     return Claim(
-        experiment=str(result.get("experiment")),
-        claim=str(result.get("claim", "")),
-        anchor=str(result.get("anchor", "")),
-        status=status,
-        passed=bool(verdict.get("passed")) if "passed" in verdict else None,
-        criterion=str(verdict.get("criterion", "")),
-        summary=str(verdict.get("summary", "")),
-        preset=str(result.get("preset", "")),
-        seeds=len(result.get("seeds") or []),
-        seconds=float(result.get("seconds") or math.nan),
+        experiment=result.experiment,
+        claim=result.claim,
+        anchor=result.anchor,
+        status=verdict.status,
+        passed=None if verdict.error or verdict.setup_only else verdict.passed,
+        criterion=verdict.criterion,
+        summary=verdict.summary,
+        preset=result.preset,
+        seeds=len(result.seeds),
+        seconds=result.seconds,
         columns=columns,
         rows=rows,
         job_columns=job_columns,
@@ -119,18 +164,18 @@ def claim_from_result(result: dict[str, Any], folder: Path, root: Path) -> Claim
     )
 
 
-def claim_in_progress(records: list[dict[str, Any]], folder: Path, root: Path) -> Claim:
+def claim_in_progress(records: list[JobRecord], folder: Path, root: Path) -> Claim:
     job_columns, job_rows = jobs_table(records)
-    figures, notes = lab_figures(records, None)  # no result.json yet, so no spec: the fallback
+    figures, notes = lab_figures(records, [])  # no result.json yet, so no spec: the fallback
     first = records[0]
     return Claim(
-        experiment=str(first.get("experiment")),
+        experiment=first.experiment,
         claim="",
         anchor="",
         status="no verdict",
         passed=None,
         summary=f"{len(records)} job(s) finished; the experiment has not been judged yet (its run was interrupted or is still going).",
-        preset=str(first.get("preset", "")),
+        preset=first.preset,
         job_columns=job_columns,
         job_rows=job_rows,
         notes=notes,
@@ -160,16 +205,15 @@ def measured_table(measured: dict[str, Any]) -> tuple[list[str], list[list[Any]]
     return ["quantity", "value"], [[key, _cell(value)] for key, value in measured.items()]
 
 
-def jobs_table(jobs: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+def jobs_table(jobs: list[JobRecord]) -> tuple[list[str], list[list[Any]]]:
     """One row per job: variant, seed, then its scalar metrics (lists and curves left out)."""
     if not jobs:
         return [], []
     keys: list[str] = []
     for job in jobs:
-        metrics = job.get("metrics") or {}
-        keys.extend(k for k, v in metrics.items() if _scalar(v) and k not in keys)
+        keys.extend(k for k, v in job.metrics.items() if _scalar(v) and k not in keys)
     keys = keys[:MAX_JOB_COLUMNS]
-    rows = [[str(job.get("variant", "")), job.get("seed"), *((job.get("metrics") or {}).get(k) for k in keys)] for job in jobs]
+    rows = [[job.variant, job.seed, *(job.metrics.get(k) for k in keys)] for job in jobs]
     return ["variant", "seed", *keys], rows
 
 
@@ -193,15 +237,14 @@ def _text(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------- figures
-def lab_figures(jobs: list[dict[str, Any]], specs: Any) -> tuple[list[LabFigure], list[str]]:
-    """The figures of one experiment's jobs, by its declared ``specs`` (the ``figures`` list of
+def lab_figures(jobs: list[JobRecord], specs: list[FigureSpec]) -> tuple[list[LabFigure], list[str]]:
+    """The figures of one experiment's jobs, by its declared ``specs`` (the ``figures`` of
     result.json), or by the fallback when it declares none. Returns (figures, notes for the claim)."""
-    parsed = [spec for spec in (_spec(raw) for raw in (specs if isinstance(specs, list) else [])) if spec]
-    declared = bool(parsed)
+    declared = bool(specs)
     if not declared:
-        parsed = fallback_specs(jobs)
+        specs = fallback_specs(jobs)
     figures, notes = [], []
-    for spec in parsed:
+    for spec in specs:
         fig, note = build_figure(jobs, spec, declared)
         if fig is not None:
             figures.append(fig)
@@ -210,79 +253,50 @@ def lab_figures(jobs: list[dict[str, Any]], specs: Any) -> tuple[list[LabFigure]
     return figures, notes
 
 
-def _spec(raw: Any) -> dict[str, Any] | None:
-    """A figure spec from result.json as a plain dict; None when it names no metric."""
-    if not isinstance(raw, dict) or not isinstance(raw.get("metric"), str) or not raw["metric"]:
-        return None
-    hlines = []
-    for item in raw.get("hlines") or []:
-        value = _number(item[0]) if isinstance(item, list) and len(item) == 2 else None
-        if value is not None and math.isfinite(value):
-            hlines.append((value, str(item[1])))
-    variants = raw.get("variants") or []
-    return {
-        "metric": raw["metric"],
-        "title": str(raw.get("title") or raw["metric"]),
-        "x": str(raw.get("x") or ""),
-        "x_label": str(raw.get("x_label") or ""),
-        "y_label": str(raw.get("y_label") or ""),
-        "log_y": bool(raw.get("log_y")),
-        "reference": str(raw.get("reference") or ""),
-        "reference_label": str(raw.get("reference_label") or ""),
-        "variants": [str(v) for v in variants] if isinstance(variants, list) else [],
-        "hlines": hlines,
-        "caption": str(raw.get("caption") or ""),
-    }
-
-
-def fallback_specs(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def fallback_specs(jobs: list[JobRecord]) -> list[FigureSpec]:
     """Specs for a result that declares none: each top-level metric that is a list of numbers of
     one length in every job that has it (at least two points); log y decided from the values."""
     lengths: dict[str, set[int]] = {}
     other: set[str] = set()
     for job in jobs:
-        for key, value in _metrics(job).items():
+        for key, value in job.metrics.items():
             curve = _curve(value)
             if curve is None or curve[0] is not None:
                 other.add(key)  # a scalar, text, a dict, or [x, y] pairs: not drawn without a spec
             else:
                 lengths.setdefault(key, set()).add(len(curve[1]))
     keys = [k for k, n in lengths.items() if k not in other and len(n) == 1 and next(iter(n)) >= 2]
-    return [
-        {"metric": k, "title": k.replace("_", " "), "x": "", "x_label": "index", "y_label": k, "log_y": None, "reference": "", "reference_label": "", "variants": [], "hlines": [],
-         "caption": "This result declares no figure, so every list of numbers of one length across its jobs is drawn against its index."}
-        for k in keys[:MAX_FALLBACK_FIGURES]
-    ]  # fmt: skip
+    caption = "This result declares no figure, so every list of numbers of one length across its jobs is drawn against its index."
+    return [FigureSpec(k, k.replace("_", " "), x_label="index", y_label=k, log_y=None, caption=caption) for k in keys[:MAX_FALLBACK_FIGURES]]
 
 
-def build_figure(jobs: list[dict[str, Any]], spec: dict[str, Any], declared: bool = True) -> tuple[LabFigure | None, str]:
+def build_figure(jobs: list[JobRecord], spec: FigureSpec, declared: bool = True) -> tuple[LabFigure | None, str]:
     """One figure: a line per variant (and its reference); (None, why) when there is nothing to draw."""
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
-        variant = str(job.get("variant", ""))
-        if spec["variants"] and not any(fnmatchcase(variant, p) for p in spec["variants"]):
+        if spec.variants and not any(fnmatchcase(job.variant, p) for p in spec.variants):
             continue
-        by_variant.setdefault(variant, []).append(_metrics(job))
+        by_variant.setdefault(job.variant, []).append(job.metrics)
     if not by_variant:
         return None, ""  # the run has none of the variants this figure draws (e.g. a task it skipped)
     curves: list[Curve] = []
     notes: list[str] = []
     missing = []
     for group, (variant, metrics) in enumerate(by_variant.items()):
-        line = aggregate(variant, [_seed_curve(m, spec["metric"], spec["x"]) for m in metrics], notes)
+        line = aggregate(variant, [_seed_curve(m, spec.metric, spec.x) for m in metrics], notes)
         if line is None:
             missing.append(variant)
             continue
         line.group = group
         curves.append(line)
-        if spec["reference"]:
-            ref = aggregate(f"{variant}: {spec['reference_label'] or spec['reference']}", [_seed_curve(m, spec["reference"], spec["x"]) for m in metrics], notes)
+        if spec.reference:
+            ref = aggregate(f"{variant}: {spec.reference_label or spec.reference}", [_seed_curve(m, spec.reference, spec.x) for m in metrics], notes)
             if ref is not None:
                 ref.reference, ref.group = True, group
                 curves.append(ref)
     if not curves:
-        return None, f"figure {spec['title']!r} not drawn: no job has a curve in metric {spec['metric']!r}."
-    log_y = spec["log_y"]
+        return None, f"figure {spec.title!r} not drawn: no job has a curve in metric {spec.metric!r}."
+    log_y = spec.log_y
     if log_y is None:  # the fallback: log y when every value is positive and they span over 100x
         values = np.concatenate([c.y[np.isfinite(c.y)] for c in curves])
         log_y = bool(values.size) and values.min() > 0 and values.max() / values.min() > 100
@@ -292,20 +306,20 @@ def build_figure(jobs: list[dict[str, Any]], spec: dict[str, Any], declared: boo
             if off.any() and not c.reference:
                 i = int(np.flatnonzero(off)[0])
                 notes.append(f"{c.label}: {int(off.sum())} value(s) <= 0 (the first {c.y[i]:.4g} at x = {c.x[i]:.4g}) are off the log axis; triangles on its bottom edge mark them.")
-    if spec["x"] and all(_curve(_lookup(m, spec["x"])) is None for ms in by_variant.values() for m in ms):
-        notes.append(f"no job has the x values {spec['x']!r}; drawn against the index 0, 1, 2, ...")
+    if spec.x and all(_curve(_lookup(m, spec.x)) is None for ms in by_variant.values() for m in ms):
+        notes.append(f"no job has the x values {spec.x!r}; drawn against the index 0, 1, 2, ...")
     if missing:
-        notes.append(f"drawn for {len(by_variant) - len(missing)} of {len(by_variant)} variants; no curve in {spec['metric']!r} for: {', '.join(missing)}.")
+        notes.append(f"drawn for {len(by_variant) - len(missing)} of {len(by_variant)} variants; no curve in {spec.metric!r} for: {', '.join(missing)}.")
     fig = LabFigure(
-        title=spec["title"],
-        metric=spec["metric"],
+        title=spec.title,
+        metric=spec.metric,
         curves=curves,
-        x_label=spec["x_label"],
-        y_label=spec["y_label"],
+        x_label=spec.x_label,
+        y_label=spec.y_label,
         log_y=bool(log_y),
-        reference_label=spec["reference_label"],
-        hlines=list(spec["hlines"]),
-        caption=spec["caption"],
+        reference_label=spec.reference_label,
+        hlines=list(spec.hlines),
+        caption=spec.caption,
         notes=notes,
         declared=declared,
     )
@@ -355,11 +369,6 @@ def aggregate(label: str, seeds: list[tuple[np.ndarray | None, np.ndarray] | Non
     return Curve(label, x, y, low, high, seeds=len(seeds))
 
 
-def _metrics(job: dict[str, Any]) -> dict[str, Any]:
-    metrics = job.get("metrics")
-    return metrics if isinstance(metrics, dict) else {}  # a hand-edited or foreign file: no curves, no crash
-
-
 def _seed_curve(metrics: dict[str, Any], path: str, x_path: str) -> tuple[np.ndarray | None, np.ndarray] | None:
     curve = _curve(_lookup(metrics, path))
     if curve is None:
@@ -407,6 +416,6 @@ def _number(value: Any) -> float | None:
         return None  # a list of flags is no curve
     if isinstance(value, (int, float)):
         return float(value)
-    if isinstance(value, str) and value in _NONFINITE:
-        return _NONFINITE[value]
+    if isinstance(value, str) and value in NONFINITE:
+        return NONFINITE[value]
     return None

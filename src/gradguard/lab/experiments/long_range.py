@@ -1,18 +1,30 @@
 """long-range: which cells learn dependencies T steps long, on the adding, copy and temporal-order tasks.
 
-Each job trains one cell on one task at one length and stops early once it is solved: error at
-most a tenth of the task's memoryless baseline (under 1% misclassified for temporal order),
-checked every ``eval_every`` steps on a fixed set and confirmed at the end on fresh sequences.
-Cells: a tanh RNN without clipping, with global-norm clipping, and with clipping plus Pascanu's
-Omega; an IRNN (clipped); an LSTM and a GRU (clipped, as the uRNN paper trains them). The tanh
-RNN is torch's fused ``nn.RNN``: the recurrence of ``gg.rnn.SimpleRNN``, several times faster.
+Each job trains one cell on one problem (task and length) and stops early once the evaluation
+error is at most ``stop_fraction`` of the bar (checked every ``eval_every`` steps on a fixed
+set); the verdict reads the error on fresh test sequences. Cells: a tanh RNN without clipping,
+with global-norm clipping, and with clipping plus Pascanu's Omega; an IRNN (clipped); an LSTM and
+a GRU (clipped, as the uRNN paper trains them). The tanh RNN is torch's fused ``nn.RNN``: the
+recurrence of ``gg.rnn.SimpleRNN``, several times faster.
 
-The quick preset runs T = 50 only, with Adam at a high rate to fit in a minute; the literature
-numbers are for T = 100-400 and 10^4-10^6 updates (the full preset, for a GPU or a long run).
+Judged: on the adding problem at every length run, LSTM and GRU reach test MSE < 0.01 (the
+conventional "solved" bar), and the clipped tanh RNN ends within 0.7-1.5x the baseline MSE 1/6
+(stuck at the baseline, not diverged); on copy, the LSTM ends below the memoryless baseline.
+Reported only (not judged): temporal order, the IRNN, the unclipped and Omega RNNs.
+
+Scale. The uRNN paper trains 20,000 RMSProp iterations. With Adam at 3e-3, batch 64, hidden 64
+and clipping at 1, an LSTM gets below 0.01 MSE at T = 100 by about step 1,500 and at T = 200 by
+about step 2,700 (our measurement, one CPU core), so at up to ``shown_steps`` = 3,000 steps a
+failure on the adding problem at T <= 200 is a plain "fail". Only a problem the presets have not
+been shown to solve at this budget (T > 200, copy) can read "not reproduced at quick scale".
+
+Presets: quick, adding at T = 100 (about a minute of CPU); standard, adding at T = 100 and 200
+and copy at T = 100 (about ten CPU minutes); full, every task at T up to 400 with the uRNN setup.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass
 
@@ -25,14 +37,18 @@ from gradguard.lab.tasks import make_task
 from gradguard.lab.train import evaluate, history_summary, make_optimizer
 
 CLAIM = (
-    "On the adding problem LSTM and GRU reach a tenth of the baseline error where a clipped tanh RNN stays at the "
-    "baseline; copy and temporal order are reported against the literature."
+    "On the adding problem LSTM and GRU get below 0.01 MSE where a clipped tanh RNN stays at the baseline "
+    "(without diverging); on copy at T = 100 the LSTM beats the memoryless baseline."
 )
 ANCHOR = (
-    "Arjovsky et al. 2016 (uRNN) 4.2: LSTM beats the adding baseline up to T = 400, tanh RNN and IRNN never; copy: LSTM "
-    "stuck at the memoryless baseline for T >= 200; Pascanu et al. 2013 Fig. 7: tanh RNN + clipping + Omega solves "
-    "temporal order up to T = 200"
+    "Arjovsky et al. 2016 (uRNN) sec. 4.2: LSTM beats the adding baseline MSE 0.167 up to T = 400, tanh RNN and IRNN "
+    "never; sec. 4.1: on copy the LSTM beats the memoryless baseline 10 ln 8 / (T + 20) only at T = 100. Pascanu et "
+    "al. 2013 Fig. 7 (temporal order) is the regularization experiment's."
 )
+
+ADDING_BAR = 0.01  # "solved" on the modern adding problem: test MSE below this (the conventional bar)
+RNN_BAND = (0.7, 1.5)  # the clipped tanh RNN's test MSE over the baseline: stuck there, not diverged
+COPY_MARGIN = 0.95  # the LSTM's copy cross-entropy must be below this times the memoryless baseline
 
 # cell name -> (SeqModel cell, clip, Omega)
 MODELS = {
@@ -47,26 +63,26 @@ MODELS = {
 
 @dataclass
 class Config:
-    tasks: tuple = ("adding", "temporal-order")
-    lengths: tuple = (50,)
+    problems: tuple = ("adding:100",)  # task:length
     models: tuple = ("rnn-clip", "lstm", "gru")
     hidden: int = 64
-    steps: int = 1000  # at most; a job stops once solved
+    steps: int = 3000  # at most; a job stops once solved
     batch: int = 64
     optimizer: str = "adam"
-    lr: float = 0.01  # high, to fit the quick budget; the uRNN paper uses RMSProp at 1e-3
+    lr: float = 3e-3  # the tanh RNN does not diverge at this rate with clipping at 1; the uRNN paper: RMSProp 1e-3
     clip: float = 1.0  # global-norm threshold (uRNN: "LSTM and RNN needed gradient clipping at 1")
-    omega: float = 2.0  # Pascanu's alpha
+    omega: float = 2.0  # Pascanu's alpha (the Omega arm; reported only here)
     eval_every: int = 100
     eval_size: int = 500
     test_size: int = 1000
-    paper_steps: int = 20_000  # the uRNN reproduction's iterations: below this a failure is scale-limited
+    stop_fraction: float = 0.7  # stop once the evaluation error is below this share of the bar
+    shown_steps: int = 3000  # the budget at which the adding claim was shown to hold for T <= 200 (see above)
 
 
 QUICK = Config()
+STANDARD = Config(problems=("adding:100", "adding:200", "copy:100"), models=("rnn-clip", "irnn-clip", "lstm", "gru"))
 FULL = Config(
-    tasks=("adding", "copy", "temporal-order"),
-    lengths=(50, 100, 200, 400),
+    problems=tuple(f"{t}:{n}" for t in ("adding", "copy", "temporal-order") for n in (100, 200, 400)),
     models=tuple(MODELS),
     hidden=128,
     steps=20_000,
@@ -75,17 +91,32 @@ FULL = Config(
     lr=1e-3,
     eval_every=500,
 )
-SMOKE = Config(tasks=("adding",), lengths=(10,), models=("rnn-clip", "lstm"), hidden=8, steps=20, eval_every=10, eval_size=50, test_size=50)
+SMOKE = Config(problems=("adding:10",), models=("rnn-clip", "lstm"), hidden=8, steps=20, eval_every=10, eval_size=50, test_size=50)
 
 
 def variants(cfg: Config) -> list[str]:
-    return [f"{task}:T{length}:{model}" for task in cfg.tasks for length in cfg.lengths for model in cfg.models]
+    out = []
+    for problem in cfg.problems:
+        task, length = problem.split(":")
+        out += [f"{task}:T{length}:{model}" for model in cfg.models]
+    return out
+
+
+def bar(task_name: str, baseline: float) -> float:
+    """The error a job must get below: 0.01 MSE on adding, the memoryless baseline on copy,
+    under 1% misclassified on temporal order."""
+    if task_name == "adding":
+        return ADDING_BAR
+    if task_name == "copy":
+        return COPY_MARGIN * baseline
+    return 0.01
 
 
 def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
     task_name, length, model_name = variant.split(":")
     cell, clipped, use_omega = MODELS[model_name]
     task = make_task(task_name, length=int(length[1:]))
+    target = bar(task_name, task.baseline().error)
     x_eval, y_eval = task.batch(cfg.eval_size, torch.Generator().manual_seed(2_000_000 + seed))
     torch.manual_seed(seed)
     model = SeqModel(cell, task.input_size, task.output_size, cfg.hidden, readout="all" if task.per_step else "last").to(ctx.device)
@@ -105,7 +136,7 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
         if step % cfg.eval_every == 0:
             error = evaluate(model, task, x_eval, y_eval)["error"]
             curve.append((step, error))
-            if task.solved(error):
+            if error < cfg.stop_fraction * target:
                 solved_at = step
                 break
     guard.close()
@@ -116,7 +147,8 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
     return {
         "test_error": test["error"],
         "baseline_error": task.baseline().error,
-        "solved": task.solved(test["error"]),
+        "bar": target,
+        "below_bar": test["error"] < target,
         "solved_at_step": solved_at,
         "error_curve": curve,
         **history_summary(guard.history),
@@ -124,28 +156,40 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
 
 
 def judge(cfg: Config, jobs: list[dict]) -> Verdict:
-    def solved_share(variant: str) -> float:
-        values = [float(j["metrics"]["solved"]) for j in jobs if j["variant"] == variant]
-        return sum(values) / len(values)
-
-    share = {v: solved_share(v) for v in variants(cfg)}
     error = {v: statistics.median(j["metrics"]["test_error"] for j in jobs if j["variant"] == v) for v in variants(cfg)}
-    # the adding problem at every length: gated cells solve it, the clipped tanh RNN does not
-    checks = []
-    adding_lengths = cfg.lengths if "adding" in cfg.tasks else ()
-    for length in adding_lengths:
-        checks += [share[f"adding:T{length}:{cell}"] >= 0.5 for cell in ("lstm", "gru") if cell in cfg.models]
-        if "rnn-clip" in cfg.models:
-            checks.append(share[f"adding:T{length}:rnn-clip"] < 0.5)
-    passed = bool(checks) and all(checks)
-    table = "; ".join(f"{v} {'solved' if share[v] >= 0.5 else 'not solved'} (error {error[v]:.3g})" for v in share)
+    baseline = {v: next(j["metrics"]["baseline_error"] for j in jobs if j["variant"] == v) for v in error}
+    checks: list[tuple[str, bool, bool]] = []  # (what, held, shown to hold at this budget)
+    for problem in cfg.problems:
+        task, length = problem.split(":")
+        shown = task == "adding" and int(length) <= 200 and cfg.steps >= cfg.shown_steps
+        for cell in ("lstm", "gru"):
+            v = f"{task}:T{length}:{cell}"
+            if task == "adding" and v in error:
+                checks.append((f"{v} MSE {error[v]:.3g} < {ADDING_BAR}", error[v] < ADDING_BAR, shown))
+        v = f"{task}:T{length}:rnn-clip"
+        if task == "adding" and v in error:
+            ratio = error[v] / baseline[v]
+            inside = RNN_BAND[0] <= ratio <= RNN_BAND[1] if math.isfinite(ratio) else False
+            checks.append((f"{v} MSE {error[v]:.3g} = {ratio:.2f}x the baseline, in {RNN_BAND[0]}-{RNN_BAND[1]}x", inside, shown))
+        v = f"{task}:T{length}:lstm"
+        if task == "copy" and v in error:
+            checks.append((f"{v} cross-entropy {error[v]:.3g} < {COPY_MARGIN} x baseline {baseline[v]:.3g}", error[v] < COPY_MARGIN * baseline[v], False))
+    judged = {c[0].split(" ")[0] for c in checks}
+    reported = {v: error[v] for v in error if v not in judged}
+    passed = bool(checks) and all(held for _, held, _ in checks)
+    failed = [c for c in checks if not c[1]]
+    summary = "; ".join(f"{what}: {'yes' if held else 'NO'}" for what, held, _ in checks)
+    if reported:
+        summary += ". Reported only (not judged): " + ", ".join(f"{v} error {e:.3g} (baseline {baseline[v]:.3g})" for v, e in reported.items())
     return Verdict(
         passed,
-        "adding problem, at every length run: LSTM and GRU solve it (MSE < 1/60, a tenth of predicting 1) in at least half the seeds, the clipped tanh RNN in fewer than half",
-        table,
-        {"solved_share": share, "median_test_error": error},
-        scale_limited=cfg.steps < cfg.paper_steps,
-        headline="solved: " + (", ".join(v for v in share if share[v] >= 0.5) or "none") + "; not: " + (", ".join(v for v in share if share[v] < 0.5) or "none"),
+        f"adding, every length run: LSTM and GRU median test MSE < {ADDING_BAR}; the clipped tanh RNN within {RNN_BAND[0]}-{RNN_BAND[1]}x "
+        f"the baseline 1/6 (stuck, not diverged). copy: LSTM cross-entropy < {COPY_MARGIN} x the memoryless baseline. "
+        "Temporal order, IRNN, unclipped and Omega RNNs: reported only",
+        summary,
+        {"median_test_error": error, "baseline_error": baseline, "checks": {what: held for what, held, _ in checks}, "reported_only": reported},
+        scale_limited=bool(failed) and not any(shown for _, _, shown in failed),
+        headline=", ".join(f"{v.replace(':T', ' T=')} {error[v]:.3g}" for v in error if v in judged),
     )
 
 
@@ -155,13 +199,13 @@ EXPERIMENT = register(
         claim=CLAIM,
         anchor=ANCHOR,
         config=Config,
-        presets={"quick": QUICK, "full": FULL, "smoke": SMOKE},
+        presets={"quick": QUICK, "standard": STANDARD, "full": FULL, "smoke": SMOKE},
         variants=variants,
         run=run,
         judge=judge,
         quick_seconds=25.0,
-        short_anchor="uRNN 2016 sec. 4.2: LSTM solves adding to T=400, tanh RNN never; Pascanu 2013 Fig. 7",
-        seeds={"quick": 1, "full": 3, "smoke": 1},
+        short_anchor="uRNN 2016: LSTM beats adding baseline 0.167 to T=400, tanh RNN never; copy: LSTM only at T=100",
+        seeds={"quick": 1, "standard": 1, "full": 3, "smoke": 1},
         figures=(
             Figure(
                 "error_curve",
@@ -170,8 +214,8 @@ EXPERIMENT = register(
                 y_label="MSE on the evaluation set",
                 log_y=True,
                 variants=("adding:*",),
-                hlines=((1 / 6, "baseline: predict 1"), (1 / 60, "solved: a tenth of it")),
-                caption="One line per cell and length; a line ends where its job stopped, solved. Below the lower dotted line is solved.",
+                hlines=((1 / 6, "baseline: predict 1"), (ADDING_BAR, "solved: MSE 0.01")),
+                caption="One line per cell and length; a line ends where its job stopped, below the bar. Below the lower dotted line is solved.",
             ),
             Figure(
                 "error_curve",

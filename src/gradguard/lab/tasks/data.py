@@ -145,7 +145,8 @@ class Sunspots(Task):
 
     Input: the previous ``window`` years (one feature per step), standardised with the training
     years' mean and spread; target: the next year, in the same units. The last ``test_years``
-    targets are held out, in time order (no shuffling across the split). Error = test MSE in
+    targets are held out, in time order (no shuffling across the split), and the ``val_years``
+    before them form a validation set (model selection), also in time order. Error = test MSE in
     standardised units. Baseline: persistence (next year = this year), measured on the same test
     targets; an 11-year cycle makes it beatable, which is the point of the task.
     """
@@ -156,12 +157,13 @@ class Sunspots(Task):
     error_name = "test MSE"
     success = "test MSE below the persistence forecast's"
 
-    def __init__(self, window: int = 20, test_years: int = 60):
+    def __init__(self, window: int = 20, test_years: int = 60, val_years: int = 0):
         self.window = check_int("window", window, minimum=1)
         self.test_years = check_int("test_years", test_years, minimum=1)
+        self.val_years = check_int("val_years", val_years, minimum=0)
         years, values = sunspot_series()
-        if window + test_years >= len(values) - 10:
-            raise ValueError(f"window + test_years = {window + test_years} leaves too few of the {len(values)} years for training.")
+        if window + test_years + val_years >= len(values) - 10:
+            raise ValueError(f"window + test_years + val_years = {window + test_years + val_years} leaves too few of the {len(values)} years for training.")
         split = len(values) - test_years  # first target index that is held out
         mean, std = values[:split].mean(), values[:split].std()
         z = torch.tensor((values - mean) / std, dtype=torch.float32)
@@ -170,7 +172,10 @@ class Sunspots(Task):
         train = targets_at < split
         self.years = years
         self.scale = float(std)
-        self._train = (windows[train, :window, None], windows[train, window:])
+        fit = targets_at < split - val_years  # the validation years are the last training years, in time order
+        val = train & ~fit
+        self._train = (windows[fit, :window, None], windows[fit, window:])
+        self._val = (windows[val, :window, None], windows[val, window:])
         self._test = (windows[~train, :window, None], windows[~train, window:])
 
     @property
@@ -186,6 +191,10 @@ class Sunspots(Task):
 
     def test_set(self):
         return self._test
+
+    def val_set(self):
+        """The ``val_years`` targets before the test years (empty when val_years is 0)."""
+        return self._val
 
     def error(self, out, y):
         return torch.nn.functional.mse_loss(out.detach(), y).item()
