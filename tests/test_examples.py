@@ -151,3 +151,16 @@ def test_the_notebook_diagnoses_the_broken_run(tmp_path, monkeypatch):
     assert "ERROR NONFINITE" in text and "SharpLogSoftmax" in text
     assert "skipped: 0 of 10" in text and "'NONFINITE'" not in text.split("skipped: 0 of 10")[1]
     assert (tmp_path / "out" / "broken.html").is_file()
+
+
+def test_the_readme_opening_example_runs_and_finds_what_it_shows(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Debug your own run", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    shown = section.split("```text\n", 1)[1].split("\n", 1)[0]  # the first output line the README shows
+    script = tmp_path / "readme_example.py"
+    script.write_text(code)
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=example_env(tmp_path, 0), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[0] == shown
+    assert (tmp_path / "run.html").is_file()
