@@ -178,12 +178,9 @@ def test_wandb_logger_writes_metrics_modules_and_findings(wandb_run, tmp_path):
     h = guard.history
     for r in rows:
         modules = {k for k in r if k.startswith("grad_norm/") and k[10:] in guard.module_names}
-        if r["gradguard/step"] == 4:
-            assert not modules
-            continue
         row = h.module_norms[list(h.step).index(r["gradguard/step"])]
-        kept = {n: v for n, v in zip(guard.module_names, row) if n in ("0", "2")}
-        assert modules == {f"grad_norm/{max(kept, key=kept.get)}"}  # the filter, then the top 1
+        kept = {n: v for n, v in zip(guard.module_names, row) if n in ("0", "2") and math.isfinite(v)}
+        assert modules == {f"grad_norm/{max(kept, key=kept.get)}"}  # the filter, then the top 1 of the finite ones
     (table,) = run_dir.glob("files/media/table/gradguard/findings_*.table.json")
     assert [row[1] for row in json.loads(table.read_text())["data"]] == [f.code for f in findings]
     errors = [f for f in findings if f.severity == "error"]
@@ -205,6 +202,7 @@ def test_wandb_logger_without_a_run_says_what_to_do(monkeypatch):
 @pytest.fixture
 def mlflow_client(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store for opt-in use
     uri = (tmp_path / "mlruns").as_uri()
     mlflow.set_tracking_uri(uri)
     yield mlflow, mlflow.MlflowClient(uri)
