@@ -33,7 +33,8 @@ class Config:
     batch: int = 64
 
 
-def main(cfg: Config = Config()) -> None:
+def main() -> None:
+    cfg = Config()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     layers = []

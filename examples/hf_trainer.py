@@ -46,7 +46,8 @@ class Tokens(torch.utils.data.Dataset):
         return {"input_ids": self.ids[i], "labels": self.ids[i]}
 
 
-def main(cfg: Config = Config()) -> None:
+def main() -> None:
+    cfg = Config()
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=cfg.vocab, n_positions=16, n_embd=32, n_layer=2, n_head=2))
     args = TrainingArguments(

@@ -65,7 +65,8 @@ def dataset(cfg: Config) -> torch.utils.data.TensorDataset:
     return torch.utils.data.TensorDataset(x, y)
 
 
-def main(cfg: Config = Config()) -> None:
+def main() -> None:
+    cfg = Config()
     torch.manual_seed(0)
     guard_cb = GradGuardCallback(clip=cfg.clip, max_consecutive_skips=cfg.steps)
     trainer = L.Trainer(

@@ -71,7 +71,8 @@ def summarize(guard: gg.Guard) -> list[gg.Finding]:
     return findings
 
 
-def main(cfg: Config = Config()) -> None:
+def main() -> None:
+    cfg = Config()
     cfg.out.mkdir(parents=True, exist_ok=True)
     broken = train(cfg, "broken", he_init=False)
     summarize(broken)

@@ -31,7 +31,8 @@ class Config:
     out: Path = Path(os.environ.get("GRADGUARD_EXAMPLE_OUT", "runs/tensorboard"))
 
 
-def main(cfg: Config = Config()) -> None:
+def main() -> None:
+    cfg = Config()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 1))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)

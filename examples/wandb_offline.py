@@ -30,7 +30,8 @@ class Config:
     out: str = os.environ.get("GRADGUARD_EXAMPLE_OUT", "runs/wandb")
 
 
-def main(cfg: Config = Config()) -> None:
+def main() -> None:
+    cfg = Config()
     os.makedirs(cfg.out, exist_ok=True)
     run = wandb.init(project="gradguard-examples", mode="offline", dir=cfg.out, config=vars(cfg),
                      settings=wandb.Settings(console="off", x_disable_stats=True))

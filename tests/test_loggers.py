@@ -248,7 +248,7 @@ def test_mlflow_metric_names_are_made_valid():
 
 @pytest.mark.slow
 def test_mlflow_logger_splits_large_chunks_into_batches(mlflow_client):
-    mlflow, client = mlflow_client
+    mlflow, _ = mlflow_client
     from gradguard.integrations.mlflow import MlflowLogger
 
     calls = []
