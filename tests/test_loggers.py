@@ -8,6 +8,7 @@ import json
 import math
 import re
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -285,3 +286,13 @@ def test_tensorboard_logger_writes_the_findings_as_text(tmp_path):
     text = event.tensor_proto.string_val[0].decode()
     assert text == findings_markdown(findings)
     assert "NONFINITE" in text
+
+
+@pytest.mark.parametrize(("module", "cls", "package"), [("wandb", "WandbLogger", "wandb"), ("mlflow", "MlflowLogger", "mlflow")])
+def test_a_missing_tracking_package_names_the_install_command(module, cls, package, monkeypatch):
+    import importlib
+
+    logger = getattr(importlib.import_module(f"gradguard.integrations.{module}"), cls)
+    monkeypatch.setitem(sys.modules, package, None)  # as if it were not installed
+    with pytest.raises(gg.MissingDependencyError, match=re.escape("pip install 'gradguard[loggers]'")):
+        logger()
