@@ -18,6 +18,8 @@ _EXTRA_OF = {
     "transformers": "integrations",
     "tensorboard": "integrations",
     "torch.utils.tensorboard": "integrations",
+    "wandb": "loggers",
+    "mlflow": "loggers",
 }
 
 _PIP_NAME = {"sklearn": "scikit-learn", "torch.utils.tensorboard": "tensorboard"}

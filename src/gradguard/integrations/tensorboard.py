@@ -184,3 +184,12 @@ class TensorBoardLogger:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ------------------------------------------------------------------ findings
+    def log_findings(self, findings, step: int | None = None) -> None:
+        """Write the findings as a Markdown table, a text summary under ``gradguard/findings``
+        (TensorBoard's TEXT tab), at ``step`` (default: the last step seen)."""
+        from gradguard.integrations._loggers import findings_markdown
+
+        at = step if step is not None else (getattr(self, "_last_step", None) or 0)
+        self.writer.add_text("gradguard/findings", findings_markdown(findings), at)
