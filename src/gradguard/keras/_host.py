@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,12 @@ class Recorder:
         self.read_until = 0  # last step handed to the history
         self.run_length = 0  # skipped steps in a row at read_until
         self.lost = 0
-        self.store = _open(store, self.meta)
+        # The store lives on one writer thread: in a TF graph the rows arrive on a runtime thread
+        # (py_function), and an SQLite connection belongs to the thread that opened it.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradguard-store")
+        self._failed = False
+        self.store_path = _store_path(store)
+        self.store = self._writer.submit(_open, self.store_path, self.meta).result() if self.store_path is not None else None
 
     def ingest(self, step: int, ring: np.ndarray, bad_names: list[str], limit: int | None) -> None:
         """Rows for steps (read_until, step]; ``ring[(s - 1) % capacity]`` holds step s."""
@@ -88,14 +94,32 @@ class Recorder:
         self._write(lambda store: store.add_event(step, kind, payload))
 
     def _write(self, fn) -> None:
-        """A failing store never stops training: warn once and keep the run in memory."""
+        """Queue a write on the store's thread. A failing store never stops training: it warns
+        once (at the next write) and the run continues in memory."""
         if self.store is None:
             return
+        if self._failed:
+            warnings.warn(f"gradguard.keras: the run store {self.store_path} failed; the run continues in memory only.", GradGuardWarning, stacklevel=4)
+            self.store = None
+            return
+        self._writer.submit(self._guarded, fn)
+
+    def _guarded(self, fn) -> None:
         try:
             fn(self.store)
-        except Exception as exc:  # noqa: BLE001 - any store failure
-            warnings.warn(f"gradguard.keras: the run store {self.store.path} failed ({exc}); the run continues in memory only.", GradGuardWarning, stacklevel=4)
-            self.store = None
+        except Exception:  # noqa: BLE001 - any store failure
+            self._failed = True
+
+    def sync(self) -> None:
+        """Wait until every queued write is in the store."""
+        if self.store is not None:
+            self._writer.submit(lambda: None).result()
+
+    def on_store(self, fn):
+        """Run ``fn(store)`` on the store's thread and return its result (None without a store)."""
+        if self.store is None:
+            return None
+        return self._writer.submit(fn, self.store).result()
 
     def run_data(self) -> RunData:
         h = self.history
@@ -116,18 +140,25 @@ class Recorder:
 
     def close(self) -> None:
         if self.store is not None:
-            self.store.close()
+            self.on_store(lambda store: store.close())
             self.store = None
+        self._writer.shutdown(wait=True)
 
 
-def _open(store: str | Path | RunStore | None, meta: dict[str, Any]) -> RunStore | None:
+def _store_path(store: str | Path | RunStore | None) -> Path | None:
     if store is None:
         return None
     if isinstance(store, RunStore):
-        store.set_meta(**meta)
-        return store
+        # Reopened on the writer thread: the caller's connection cannot be used from it.
+        if str(store.path) == ":memory:":
+            raise ValueError("GuardOptimizer needs a run store on disk (a path such as 'run.sqlite'), not ':memory:'.")
+        return store.path
     if not isinstance(store, (str, Path)):
         raise TypeError(f"store must be a path (e.g. 'run.sqlite') or a gradguard RunStore, got {type(store).__name__}.")
-    return RunStore(store, meta=meta)
+    return Path(store)
+
+
+def _open(path: Path, meta: dict[str, Any]) -> RunStore:
+    return RunStore(path, meta=meta)
 
 

@@ -306,6 +306,7 @@ class GuardOptimizer(keras.optimizers.Optimizer):
 
         found = diagnose(self.run_data())
         self._recorder._write(lambda store: store.replace_findings(found))
+        self._recorder.sync()
         return found
 
     def report(self, path: str | Path, format: str = "html") -> Path:
@@ -315,7 +316,7 @@ class GuardOptimizer(keras.optimizers.Optimizer):
         findings = self.findings()
         recorder = self._recorder
         if recorder.store is not None:
-            return write_report([recorder.store], path, format=format, title=self.run_name)
+            return recorder.on_store(lambda store: write_report([store], path, format=format, title=self.run_name))
         memory = recorder.to_store(":memory:", findings)
         try:
             return write_report([memory], path, format=format, title=self.run_name)
