@@ -102,7 +102,8 @@ class ActivationProbe(keras.callbacks.Callback):
             self._build()
         if self._probe is None:
             return {}
-        values = self._probe(self.sample, training=False)
+        sample = self.sample if isinstance(self.sample, (list, tuple, dict)) else [self.sample]
+        values = self._probe(sample, training=False)
         values = values if isinstance(values, (list, tuple)) else [values]
         values = [keras.ops.convert_to_numpy(v) for v in values]
         records: dict[str, dict[str, float]] = {}
