@@ -20,7 +20,7 @@ from benchmarks._config import Config
 from benchmarks._report import machine, machine_markdown, write_text
 
 # Table modules in the order they run. gpu_syncs needs CUDA and says so on a CPU run.
-TABLES = ("grad_pass", "train_step", "clippers", "gpu_syncs")
+TABLES = ("grad_pass", "train_step", "clippers", "gpu_syncs", "keras_step")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
