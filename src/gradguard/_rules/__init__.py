@@ -50,7 +50,7 @@ _NUMERIC = ("NONFINITE_INPUT", "SCALER_COLLAPSE", "FP16_OVERFLOW")
 CAUSES_OF: dict[str, tuple[str, ...]] = {
     "NONFINITE": _NUMERIC + _STEP_TOO_LARGE + ("INIT_SCALE", "EXPLODING_GRADIENT"),
     "EXPLODING_GRADIENT": _STEP_TOO_LARGE + ("INIT_SCALE",),
-    "VANISHING_GRADIENT": ("INIT_SCALE",),
+    "VANISHING_GRADIENT": ("LR_TOO_HIGH", "INIT_SCALE", "DEAD_UNITS", "SATURATION"),
     "SATURATION": ("INIT_SCALE",),
     "DEAD_UNITS": ("LR_TOO_HIGH", "INIT_SCALE"),
     "LR_TOO_HIGH": ("LOSS_NOT_AVERAGED",),
@@ -71,7 +71,7 @@ def link_causes(findings: list[Finding]) -> list[Finding]:
     for f in findings:
         if f.caused_by is None:
             cause = next((c for c in CAUSES_OF.get(f.code, ()) if c in urgent and c != f.code), None)
-            if cause is not None and not _is_own_cause(f):
+            if cause is not None:
                 f = replace(f, caused_by=cause)
         linked.append(f)
     # A cause explaining a chain (LOSS_NOT_AVERAGED -> LR_TOO_HIGH -> NONFINITE) takes the worst severity below it.
@@ -84,11 +84,6 @@ def link_causes(findings: list[Finding]) -> list[Finding]:
             worst[cause] = max(worst.get(cause, 0), SEVERITIES.index(f.severity))
             cause = next((g.caused_by for g in linked if g.code == cause), None)
     return [replace(f, severity=SEVERITIES[worst[f.code]]) if worst.get(f.code, -1) > SEVERITIES.index(f.severity) else f for f in linked]
-
-
-def _is_own_cause(f: Finding) -> bool:
-    """A NaN a module's op produced from finite values, with no instability around it, explains itself."""
-    return False
 
 
 def diagnose(data: RunData, rules: dict[str, Rule] | None = None) -> list[Finding]:

@@ -72,7 +72,8 @@ def lr_too_high(data: RunData) -> Finding | None:
     lr = lr_series(data)
     blow = fast_blowup(data)
     ratio = first_update_ratio(data)
-    if blow is not None and not init_blames(data):
+    init = init_blames(data)  # exploding pre-activations at step 1: the init rule names it
+    if blow is not None and not init:
         rate = _lr_at(lr, data, blow.start)
         if rate is not None and ratio is not None and ratio[1] > T.UPDATE_RATIO_HIGH:
             new = rate * min(1.0 / blow.growth, T.UPDATE_RATIO_TARGET / ratio[1]) if adam_family(data) else rate / blow.growth
@@ -98,7 +99,7 @@ def lr_too_high(data: RunData) -> Finding | None:
         ramp = _past_stable(data, lr)
         if ramp is not None:
             return ramp
-    if ratio is not None and ratio[1] > T.UPDATE_RATIO_HIGH and _not_learning(data):
+    if not init and ratio is not None and ratio[1] > T.UPDATE_RATIO_HIGH and (_not_learning(data) or _sustained(data)):
         step, value = ratio
         rate = _lr_at(lr, data, step)
         new = rate * T.UPDATE_RATIO_TARGET / value if rate is not None else None
@@ -114,15 +115,26 @@ def lr_too_high(data: RunData) -> Finding | None:
 
 
 def _not_learning(data: RunData) -> bool:
-    """No better than where it started: smoothed loss at the end >= 90% of the start, or non-finite."""
+    """No better than where it started: smoothed loss at the end >= 90% of the first loss, or non-finite."""
     bad = nonfinite_steps(data)
     if bad.any():
         return True
     smooth = smoothed_loss(data, window=5)
-    if smooth is None:
+    loss = data.scalars.get("loss", np.zeros(0))
+    finite = loss[np.isfinite(loss)]
+    if smooth is None or not len(finite):
         return False
     _, s = smooth
-    return bool(s[-1] >= 0.9 * s[min(4, len(s) - 1)])
+    return bool(s[-1] >= 0.9 * finite[0])
+
+
+def _sustained(data: RunData) -> bool:
+    """The update ratio above the bound on most probe steps, not only the first (Adam's first
+    steps are large by design; a rate that stays too high keeps them large)."""
+    medians = [float(np.median([v for v in values.values() if math.isfinite(v)] or [math.nan]))
+               for _, values in data.records.get("update_ratio", [])]
+    medians = [m for m in medians if math.isfinite(m)]
+    return len(medians) >= 3 and sum(m > T.UPDATE_RATIO_HIGH for m in medians) > len(medians) / 2
 
 
 def _past_stable(data: RunData, lr: np.ndarray) -> Finding | None:

@@ -84,7 +84,7 @@ UPDATE_RATIO_TARGET = 1e-3
 # The loss of the best 10-step window, regained by less than this factor at the end while the
 # learning rate rose more than LR_RISE: the schedule went past the largest stable learning rate.
 LOSS_REGRESSION = 1.3
-LR_RISE = 2.0
+LR_RISE = 1.5
 # One step's learning rate this many times the run's median: a spike (a schedule bug, a restart).
 LR_SPIKE = 10.0
 # A run that diverged by learning rate keeps this share of the last stable rate as its remedy:
