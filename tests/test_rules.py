@@ -254,3 +254,43 @@ def test_healthy_runs_get_no_warning():
     quiet = [run(STABLE, loss=DECREASING_LOSS, lr=1e-3, records={"update_ratio": [(1, {"net": 2e-3})], "preact_std": layers([1.0, 0.8, 0.7])})]
     for data in quiet:
         assert not [f for f in diagnose(data) if f.severity != "info"]
+
+
+def _mlp(depth, act, scale=1.0, width=64):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        lin = nn.Linear(width, width)
+        with torch.no_grad():
+            lin.weight.mul_(scale)
+        layers += [lin, act()]
+    return nn.Sequential(*layers, nn.Linear(width, 1))
+
+
+def test_inspect_is_quiet_about_pytorch_default_init_of_a_healthy_net():
+    import torch
+    from torch import nn
+
+    import gradguard as gg
+
+    for act in (nn.ReLU, nn.Tanh, nn.Sigmoid):
+        net = _mlp(3, act)
+        x = torch.randn(128, 64)
+        found = gg.inspect(net, lambda: net(x).pow(2).mean()).findings
+        assert all(f.code != "INIT_SCALE" for f in found), f"{act.__name__}: {[str(f) for f in found]}"
+
+
+def test_inspect_names_an_init_that_hurts():
+    import torch
+    from torch import nn
+
+    import gradguard as gg
+
+    net = _mlp(6, nn.Tanh, scale=8.0)
+    x = torch.randn(128, 64)
+    found = gg.inspect(net, lambda: net(x).pow(2).mean()).findings
+    init = next(f for f in found if f.code == "INIT_SCALE")
+    assert init.fix == {"init": "xavier"} and "calculate_gain('tanh')" in init.remedy

@@ -38,6 +38,7 @@ TARGETS = {"top1": 0.90, "top3": 1.0, "false_warnings": 0, "latency": 0.90, "rem
 REMEDY_FACTOR = 2.0
 SECTION = "## Diagnosis benchmark"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results"
+BEFORE = Path(__file__).resolve().parent / "results_before" / "diagnosis.json"
 
 
 def diagnose(data) -> list:
@@ -172,6 +173,32 @@ def markdown(rows: list[dict], tot: dict, before: dict | None = None) -> str:
     return "\n".join(out)
 
 
+INTRO = """\
+`make bench-diagnosis` (`python -m benchmarks.diagnosis.run --markdown BENCHMARKS.md`) trains every
+scenario of the zoo (`benchmarks/diagnosis/zoo.py`): small broken runs, each with the cause codes a
+right diagnosis may name first, the fix known to make it train (a config change, in the vocabulary
+of `Finding.fix`) and a healthy twin (the broken config with that fix), plus healthy controls. Each
+run is a plain loop under `gg.Guard(model, probes="business")` (`"full"` for the recurrent ones),
+one CPU thread, 80 to 300 steps, seeded; the whole benchmark takes a few minutes.
+
+* **top-1**: the first finding at warning or above (findings in `diagnose()`'s order: causes
+  first) has one of the scenario's cause codes; **top-3**: one of the first three at warning or
+  above has one.
+* **detected at**: the first step at which the diagnosis of the run so far (its run data cut at
+  that step) is top-1 right; for learning-rate blow-ups it must come before the first non-finite
+  step (or the run must have none).
+* **remedy**: the top finding's `Finding.fix` applied to the config, the run trained again; it
+  trains when its final loss (median of the last tenth of the steps) is finite and within 2x of
+  the twin's. 2x is loose where the broken run's loss is already within 2x of its twin's (chance
+  level of a 10-class task is 2.3): read the three losses, not only the verdict.
+* **healthy controls**: any finding at warning or above is a false warning.
+
+The thresholds of the rules were set with this zoo in view (each says why it has its value in
+`_rules/_thresholds.py`), so the figures below measure the rules on runs like the ones they were
+tuned on, not on unseen failures.
+"""
+
+
 def replace_section(path: Path, body: str) -> None:
     """Replace (or append) the diagnosis section of ``path``; every other section stays as it is."""
     text = path.read_text() if path.exists() else ""
@@ -191,7 +218,8 @@ def parse(argv):
     p.add_argument("--only", nargs="+", choices=sorted(BY_NAME), metavar="NAME", help="run only these scenarios")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for diagnosis.json and diagnosis.md (default %(default)s)")
     p.add_argument("--markdown", type=Path, help="replace the 'Diagnosis benchmark' section of this file (e.g. BENCHMARKS.md)")
-    p.add_argument("--before", type=Path, help="a diagnosis.json from an earlier run: its totals are shown beside these")
+    p.add_argument("--before", type=Path, default=BEFORE, help="a diagnosis.json from an earlier run, whose totals are shown beside these "
+                   "(default: the rules before root causes were diagnosed, %(default)s)")
     p.add_argument("--intro", type=Path, help="a Markdown file put before the table in the --markdown section")
     p.add_argument("--no-latency", action="store_true", help="skip the per-step latency replay")
     return p.parse_args(argv)
@@ -208,14 +236,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"{name}: top={row['top']} " + ("" if row["healthy"] else f"top1={row['top1']} remedy={row['remedy']} ") + f"({row['seconds']:.1f}s)", flush=True)
     tot = totals(rows)
-    before = json.loads(args.before.read_text())["totals"] if args.before else None
+    before = json.loads(args.before.read_text())["totals"] if args.before and args.before.exists() and not (args.only or args.smoke) else None
     table = markdown(rows, tot, before)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "diagnosis.json").write_text(json.dumps({"rows": rows, "totals": tot, "torch": torch.__version__}, indent=1, default=str))
     (args.out / "diagnosis.md").write_text(table + "\n")
     if args.markdown:
-        intro = args.intro.read_text().rstrip() + "\n\n" if args.intro else ""
+        intro = args.intro.read_text().rstrip() + "\n\n" if args.intro else INTRO + "\n"
         replace_section(args.markdown, intro + table)
     return 0
 

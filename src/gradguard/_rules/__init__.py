@@ -52,7 +52,7 @@ CAUSES_OF: dict[str, tuple[str, ...]] = {
     "EXPLODING_GRADIENT": _STEP_TOO_LARGE + ("INIT_SCALE",),
     "VANISHING_GRADIENT": ("LR_TOO_HIGH", "INIT_SCALE", "DEAD_UNITS", "SATURATION"),
     "SATURATION": ("INIT_SCALE",),
-    "DEAD_UNITS": ("LR_TOO_HIGH", "INIT_SCALE"),
+    "DEAD_UNITS": _STEP_TOO_LARGE + ("INIT_SCALE",),
     "LR_TOO_HIGH": ("LOSS_NOT_AVERAGED",),
     "FP16_OVERFLOW": ("NONFINITE_INPUT",),
     "UPDATE_RATIO": _STEP_TOO_LARGE,
@@ -63,6 +63,19 @@ CAUSES_OF: dict[str, tuple[str, ...]] = {
 }
 
 
+def _explains(cause: Finding, symptom: Finding) -> bool:
+    """Conditions on a link beyond the codes: dead units explain vanishing errors only when (nearly)
+    every unit of a layer is dead; half-dead layers are as often a symptom of a signal that
+    already vanished (a bias-dominated pre-activation is negative for half the units)."""
+    if cause.code == "DEAD_UNITS" and symptom.code == "VANISHING_GRADIENT":
+        return max(cause.evidence.get("dead_fraction", {}).values(), default=0.0) >= DEAD_EXPLAINS
+    return True
+
+
+# The dead fraction above which dead units explain vanishing errors (see ``_explains``).
+DEAD_EXPLAINS = 0.9
+
+
 def link_causes(findings: list[Finding]) -> list[Finding]:
     """Set ``caused_by`` on each symptom a present cause explains, and lift each cause to the
     severity of the worst symptom it explains (the cause of an error is an error)."""
@@ -70,7 +83,8 @@ def link_causes(findings: list[Finding]) -> list[Finding]:
     linked = []
     for f in findings:
         if f.caused_by is None:
-            cause = next((c for c in CAUSES_OF.get(f.code, ()) if c in urgent and c != f.code), None)
+            cause = next((c.code for code in CAUSES_OF.get(f.code, ()) for c in findings
+                          if c.code == code and c.code in urgent and c.code != f.code and _explains(c, f)), None)
             if cause is not None:
                 f = replace(f, caused_by=cause)
         linked.append(f)

@@ -11,7 +11,7 @@ import numpy as np
 
 from gradguard._finding import Finding
 from gradguard._rules import _thresholds as T
-from gradguard._rules._evidence import fast_blowup, first_update_ratio, lr_series, nonfinite_steps, smoothed_loss
+from gradguard._rules._evidence import fast_blowup, init_blames, lr_series, max_update_ratio, nonfinite_steps, smoothed_loss
 from gradguard._rules._syntax import guard_text, precision_text
 from gradguard._rundata import RunData
 
@@ -133,9 +133,12 @@ def _unstable(data: RunData) -> bool:
     """Signs that the step is too large, whatever makes it so."""
     if nonfinite_steps(data).any() or fast_blowup(data) is not None:
         return True
-    ratio = first_update_ratio(data)
+    ratio = max_update_ratio(data)
     if ratio is not None and ratio[1] > T.UPDATE_RATIO_HIGH:
         return True
+    dead = [max(v.values(), default=0.0) for _, v in data.records.get("dead_fraction", [])]
+    if len(dead) >= 2 and dead[0] < T.DEAD_FRACTION < max(dead[1:]):
+        return True  # units killed during training: steps large enough to push them all below 0
     smooth = smoothed_loss(data, window=5)
     if smooth is not None:
         _, s = smooth
@@ -148,8 +151,8 @@ def loss_not_averaged(data: RunData) -> Finding | None:
     info = _inputs(data)
     batch, micro = info.get("batch_size"), info.get("micro_batches")
     loss = data.scalars.get("loss", np.zeros(0))
-    if not len(loss) or not _unstable(data):
-        return None
+    if not len(loss) or init_blames(data) or not _unstable(data):
+        return None  # exploding pre-activations at step 1 make a large first loss too: the init rule's
     first = float(loss[0])
     if micro and micro > 1:
         return Finding(

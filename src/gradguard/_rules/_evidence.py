@@ -51,6 +51,7 @@ class Blowup:
     start: int  # the last step before the growth
     step: int  # where it is diagnosed: the second 10x step, or the first non-finite one after one
     growth: float  # geometric mean of the per-step growth factors
+    first_growth: float  # the factor of the first 10x step: the least distorted by the divergence
     norms: list[float]
     nonfinite_step: int | None
 
@@ -85,7 +86,7 @@ def fast_blowup(data: RunData) -> Blowup | None:
 def _blowup(data: RunData, start: int, at: int, run: list[float], first_bad: int | None) -> Blowup:
     norms = data.scalars["norm_before"]
     growth = float(np.exp(np.mean(np.log(run))))
-    return Blowup(int(data.steps[start]), int(data.steps[at]), growth, [float(v) for v in norms[start : at + 1]], first_bad)
+    return Blowup(int(data.steps[start]), int(data.steps[at]), growth, float(run[0]), [float(v) for v in norms[start : at + 1]], first_bad)
 
 
 def first_update_ratio(data: RunData) -> tuple[int, float] | None:

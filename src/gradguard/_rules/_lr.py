@@ -75,12 +75,15 @@ def lr_too_high(data: RunData) -> Finding | None:
     init = init_blames(data)  # exploding pre-activations at step 1: the init rule names it
     if blow is not None and not init:
         rate = _lr_at(lr, data, blow.start)
-        if rate is not None and ratio is not None and ratio[1] > T.UPDATE_RATIO_HIGH:
-            new = rate * min(1.0 / blow.growth, T.UPDATE_RATIO_TARGET / ratio[1]) if adam_family(data) else rate / blow.growth
-        elif rate is not None:
-            new = rate / blow.growth
-        else:
-            new = None
+        new = None
+        if rate is not None:
+            # SGD: an unstable step multiplies the norm by about lr x curvature, so lr / growth of the
+            # first 10x step sits near the stable side of the edge. Adam normalises its steps; there
+            # the first update ratio says how far off the rate is.
+            candidates = [] if adam_family(data) else [rate / blow.first_growth]
+            if ratio is not None and ratio[1] > T.UPDATE_RATIO_TARGET_FIRST:
+                candidates.append(rate * T.UPDATE_RATIO_TARGET_FIRST / ratio[1])
+            new = min(candidates) if candidates else rate / blow.first_growth
         trail = ", ".join(f"{v:.3g}" for v in blow.norms)
         nf = f"; the first non-finite step is {blow.nonfinite_step}" if blow.nonfinite_step else ""
         at = f" at lr {rate:g}" if rate is not None else ""
@@ -90,7 +93,8 @@ def lr_too_high(data: RunData) -> Finding | None:
             "A step that multiplies the norm tenfold is an update far past the stable size: the learning rate is too high for this model.",
             {"norms": blow.norms, "growth_per_step": blow.growth, "blowup_start": blow.start, "diagnosed_at": blow.step,
              "first_nonfinite_step": blow.nonfinite_step, "lr": rate, "growth_threshold": T.BLOWUP_GROWTH},
-            new, blow.step, "the current rate divided by the per-step growth of the blow-up",
+            new, blow.step, "the rate divided by how much its first unstable step multiplied the norm" if not adam_family(data)
+            else f"it brings the first update's ratio to about {T.UPDATE_RATIO_TARGET_FIRST:g}",
         )
     spiked = _lr_spike(data, lr)
     if spiked is not None:
@@ -99,17 +103,19 @@ def lr_too_high(data: RunData) -> Finding | None:
         ramp = _past_stable(data, lr)
         if ramp is not None:
             return ramp
-    if not init and ratio is not None and ratio[1] > T.UPDATE_RATIO_HIGH and (_not_learning(data) or _sustained(data)):
+    no_warmup = adam_family(data) and ratio is not None and ratio[1] > T.FIRST_STEP_RATIO_HIGH and _no_warmup(data, lr)
+    if not init and ratio is not None and ratio[1] > T.UPDATE_RATIO_HIGH and (_not_learning(data) or _sustained(data) or no_warmup):
         step, value = ratio
         rate = _lr_at(lr, data, step)
-        new = rate * T.UPDATE_RATIO_TARGET / value if rate is not None else None
+        new = rate * T.UPDATE_RATIO_TARGET_FIRST / value if rate is not None else None
         return _finding(
             data, "error" if nonfinite_steps(data).any() else "warning",
             f"At step {step} the weights moved {value:.2g} of their norm in one update (median over modules; healthy "
             f"training sits near {T.UPDATE_RATIO_TARGET:g}), and the loss has not improved since: the learning rate"
             + (f" {rate:g}" if rate else "") + " is too high.",
             {"update_ratio": value, "update_ratio_step": step, "threshold": T.UPDATE_RATIO_HIGH, "lr": rate},
-            new, step, f"it brings the update ratio to about {T.UPDATE_RATIO_TARGET:g}",
+            new, step, f"it brings the first update's ratio to about {T.UPDATE_RATIO_TARGET_FIRST:g}"
+            + (", with the warm-up Adam's first steps need" if no_warmup else ""),
         )
     return None
 
@@ -126,6 +132,13 @@ def _not_learning(data: RunData) -> bool:
         return False
     _, s = smooth
     return bool(s[-1] >= 0.9 * finite[0])
+
+
+def _no_warmup(data: RunData, lr: np.ndarray | None) -> bool:
+    """The first step already ran at (half) the peak rate; unknown rates count as no warm-up."""
+    if lr is None or not np.isfinite(lr).any():
+        return True
+    return bool(lr[0] >= 0.5 * np.nanmax(lr))
 
 
 def _sustained(data: RunData) -> bool:
