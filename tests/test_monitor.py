@@ -54,10 +54,10 @@ def test_probes_run_only_on_their_schedule():
     train(model, guard, 11, hook=lambda step, m: armed.append(hook_count(m) > 0))
     # The hooks were in place for the forward of steps 1, 5 and 10 only.
     assert armed == [s in (1, 5, 10) for s in range(1, 12)]
-    steps = [s for s, _ in guard.monitor.records["error_norm"]]
+    steps = [s for s, _ in guard.recorder.records["error_norm"]]
     assert steps == [1, 5, 10]
-    assert [s for s, _ in guard.monitor.records["update_ratio"]] == [1, 5, 10]
-    assert set(guard.monitor.records["saturation"][0][1]) == {"1", "3", "5"}  # the Tanh modules
+    assert [s for s, _ in guard.recorder.records["update_ratio"]] == [1, 5, 10]
+    assert set(guard.recorder.records["saturation"][0][1]) == {"1", "3", "5"}  # the Tanh modules
     guard.close()
     assert hook_count(model) == 0  # close removes every hook
 
@@ -72,9 +72,9 @@ def test_probe_periods():
     model = mlp(depth=2)
     guard = gg.Guard(model, probes="business", probe_every={"deltas": 4, "activations": 3}, log_every=4, spike_z=None)
     train(model, guard, 9)
-    assert [s for s, _ in guard.monitor.records["error_norm"]] == [1, 4, 8]
-    assert [s for s, _ in guard.monitor.records["saturation"]] == [1, 3, 6, 9]
-    assert [s for s, _ in guard.monitor.records["update_ratio"]] == [1]
+    assert [s for s, _ in guard.recorder.records["error_norm"]] == [1, 4, 8]
+    assert [s for s, _ in guard.recorder.records["saturation"]] == [1, 3, 6, 9]
+    assert [s for s, _ in guard.recorder.records["update_ratio"]] == [1]
 
 
 def test_update_ratio_matches_a_direct_measurement():
@@ -82,7 +82,7 @@ def test_update_ratio_matches_a_direct_measurement():
     guard = gg.Guard(model, probes="norms", probe_every=1, spike_z=None)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     train(model, guard, 1, lr=0.1)
-    _, ratios = guard.monitor.records["update_ratio"][0]
+    _, ratios = guard.recorder.records["update_ratio"][0]
     for module in ("0", "2", "4"):
         delta = math.sqrt(sum((p.detach() - before[n]).pow(2).sum().item() for n, p in model.named_parameters() if n.startswith(module + ".")))
         norm = math.sqrt(sum(p.detach().pow(2).sum().item() for n, p in model.named_parameters() if n.startswith(module + ".")))
@@ -98,8 +98,8 @@ def test_update_ratio_leaves_out_modules_without_a_gradient_and_keeps_the_others
     model[2].weight.grad = model[2].bias.grad = None  # the middle layer got no gradient this step
     guard.step(opt)
     guard.flush()
-    _, ratios = guard.monitor.records["update_ratio"][0]
-    _, norms = guard.monitor.records["param_norm"][0]
+    _, ratios = guard.recorder.records["update_ratio"][0]
+    _, norms = guard.recorder.records["param_norm"][0]
     assert set(ratios) == set(norms) == {"0", "4", "6"}
     for module in ratios:
         params = [(n, p) for n, p in model.named_parameters() if n.startswith(module + ".")]
@@ -132,7 +132,7 @@ def test_timesteps_probe_records_per_step_norms_for_a_recurrent_model():
         guard.step(opt)
         opt.zero_grad()
     guard.flush()
-    vectors = guard.monitor.vectors["timestep_grad_norm"]
+    vectors = guard.recorder.vectors["timestep_grad_norm"]
     assert [(s, m) for s, m, _ in vectors] == [(1, "rnn"), (2, "rnn")]
     assert vectors[0][2].shape == (30,)
     found = {f.code: f for f in guard.findings()}
@@ -167,7 +167,7 @@ def test_probe_values_reach_the_host_in_one_copy_per_device_not_one_per_value():
     with CountCopies() as counter:
         guard.monitor.flush(_empty_chunk(guard))
     assert counter.copies <= 4, f"{counter.copies} copies for {pending} values"
-    assert all(len(entry) for _, entry in guard.monitor.records["error_norm"])
+    assert all(len(entry) for _, entry in guard.recorder.records["error_norm"])
 
 
 def _empty_chunk(guard):
@@ -186,21 +186,21 @@ def test_spike_forensics_names_the_first_module_to_deviate():
             m[2].weight.grad.mul_(1e4)  # the spike starts in layer "2"
 
     train(model, guard, 80, hook=inject)
-    spikes = [e for e in guard.monitor.events if e["kind"] == "spike"]
+    spikes = [e for e in guard.recorder.events if e["kind"] == "spike"]
     assert spikes and spikes[0]["step"] == 60 and spikes[0]["trigger"] == "grad_norm"
     assert spikes[0]["first_module"] == "2"
-    dump = next(e for e in guard.monitor.events if e["kind"] == "forensics")
+    dump = next(e for e in guard.recorder.events if e["kind"] == "forensics")
     assert 60 in dump["steps"] and len(dump["module_norms"]) == len(dump["steps"])
     finding = next(f for f in guard.findings() if f.code == "GRADIENT_SPIKE")
     assert finding.where == ["2"]
     # The step after the spike was probed.
-    assert 61 in [s for s, _ in guard.monitor.records["update_ratio"]]
+    assert 61 in [s for s, _ in guard.recorder.records["update_ratio"]]
 
 
 def test_no_spike_on_a_steady_run():
     model = mlp(depth=3)
     guard = train(model, gg.Guard(model, log_every=10), 120)
-    assert not [e for e in guard.monitor.events if e["kind"] == "spike"]
+    assert not [e for e in guard.recorder.events if e["kind"] == "spike"]
     assert "GRADIENT_SPIKE" not in codes(guard)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import gradguard as gg
-from gradguard._history import SCALARS, Chunk
+from gradguard._history import Chunk
 from tests.conftest import mlp
 
 pytest.importorskip("tensorboard")
@@ -32,7 +32,7 @@ def chunk(steps, before, threshold, skipped=None, loss=None, modules=("a.0", "a.
     after = np.minimum(before, threshold)
     clipped = (before > threshold) & (skipped == 0)
     loss = np.full(n, np.nan) if loss is None else np.asarray(loss, dtype=float)
-    scalars = dict(zip(SCALARS, [before, after, np.full(n, threshold), clipped.astype(float), skipped, loss]))
+    scalars = {"norm_before": before, "norm_after": after, "threshold": np.full(n, threshold), "clipped": clipped, "skipped": skipped, "loss": loss}
     mods = np.outer(before, np.arange(1, len(modules) + 1) / 10.0)
     return Chunk(np.asarray(steps, dtype=np.int64), scalars, list(modules), mods)
 

@@ -15,9 +15,8 @@ from gradguard._inspect import Diagnosis, LayerRow, inspect
 from gradguard._locate import locate_nonfinite
 from gradguard._norms import GradNorms, grad_norms, group_norms, unitwise_norm
 from gradguard._store import RunStore
+from gradguard._version import __version__
 from gradguard import rnn
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AGC",

@@ -13,18 +13,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Per-step scalar columns, in the order Guard stacks them on the device.
-SCALARS = ("norm_before", "norm_after", "threshold", "clipped", "skipped", "loss")
+from gradguard._rundata import BOOL_COLUMNS, COLUMN_NAMES, normalize_columns
+
+# The per-step columns, declared once in ``_rundata.STEP_COLUMNS``.
+SCALARS = COLUMN_NAMES
 
 
 @dataclass
 class Chunk:
-    """Consecutive steps: ``scalars[name]`` is 1-D over steps; ``modules`` is steps x modules."""
+    """Consecutive steps: ``scalars[name]`` is 1-D over steps (every declared column; see
+    ``_rundata.STEP_COLUMNS``; missing ones read as not measured); ``modules`` is steps x modules."""
 
     steps: np.ndarray
     scalars: dict[str, np.ndarray]
     module_names: list[str]
     modules: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.steps = np.asarray(self.steps, dtype=np.int64)
+        self.scalars = normalize_columns(self.scalars, len(self.steps))
+        self.modules = np.asarray(self.modules, dtype=np.float64).reshape(len(self.steps), len(self.module_names))
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -67,6 +75,11 @@ class History:
     def __len__(self) -> int:
         return self._steps
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The step columns (``_rundata.STEP_COLUMNS``), each readable with ``column(name)``."""
+        return SCALARS
+
     def column(self, key: str) -> np.ndarray:
         """'step', a scalar column (see ``SCALARS``), or 'modules' (steps x modules)."""
         if key not in self._cache:
@@ -81,7 +94,8 @@ class History:
             if parts:
                 self._cache[key] = np.concatenate(parts)
             else:
-                self._cache[key] = np.zeros((0, len(self.module_names))) if key == "modules" else np.zeros(0)
+                empty = np.zeros(0, dtype=bool) if key in BOOL_COLUMNS else np.zeros(0)
+                self._cache[key] = np.zeros((0, len(self.module_names))) if key == "modules" else empty
         return self._cache[key]
 
     @property
@@ -101,12 +115,20 @@ class History:
         return self.column("threshold")
 
     @property
+    def coef(self) -> np.ndarray:
+        return self.column("coef")
+
+    @property
     def clipped(self) -> np.ndarray:
-        return self.column("clipped").astype(bool)
+        return self.column("clipped")
 
     @property
     def skipped(self) -> np.ndarray:
-        return self.column("skipped").astype(bool)
+        return self.column("skipped")
+
+    @property
+    def lr(self) -> np.ndarray:
+        return self.column("lr")
 
     @property
     def loss(self) -> np.ndarray:

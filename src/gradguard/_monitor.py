@@ -15,14 +15,15 @@ import torch
 from torch import Tensor, nn
 
 from gradguard._grads import GradBatch
+from gradguard._grouping import Grouping
 from gradguard._history import Chunk
 from gradguard._locate import NonfiniteLocator
 from gradguard._probes._activations import ActivationProbe
 from gradguard._probes._deltas import DeltaProbe
 from gradguard._probes._params import ParamProbe
-from gradguard._rundata import Records, Vectors
+from gradguard._events import ForensicsEvent, NonfiniteLocationEvent, SkipEvent, SpikeEvent
+from gradguard._recorder import Recorder
 from gradguard._spikes import SpikeDetector
-from gradguard._store import RunStore
 from gradguard.rnn import TimestepProbe
 from gradguard.rnn._cells import is_recurrent
 
@@ -32,16 +33,17 @@ class Monitor:
     def __init__(
         self,
         model: nn.Module,
-        module_names: list[str],
+        grouping: Grouping,
         *,
         probes: tuple[str, ...],
         periods: dict[str, int],
-        store: RunStore | None,
+        recorder: Recorder,
         spike_z: float | None,
         forensics_steps: int,
         locate_after_skip: bool,
     ):
-        self.module_names = module_names
+        self.grouping = grouping
+        self.module_names = module_names = grouping.labels
         self.periods = {name: periods[name] for name in probes}
         self.activations = ActivationProbe(model) if "activations" in probes else None
         self.deltas = DeltaProbe(model) if "deltas" in probes else None
@@ -49,10 +51,8 @@ class Monitor:
         self.timesteps = _timestep_probes(model) if "timesteps" in probes else {}
         self.spikes = SpikeDetector(module_names, capacity=forensics_steps, z_thresh=spike_z) if spike_z else None
         self.locator = NonfiniteLocator(model) if locate_after_skip else None
-        self.store = store
-        self.records: Records = {}
-        self.vectors: Vectors = {}
-        self.events: list[dict[str, Any]] = []
+        self.recorder = recorder
+        recorder.listeners.append(self.flush)
         self.forward_order: list[str] = []
         # One entry per (step, metric, device): module names and a 1-D tensor of their values.
         self._pending: list[tuple[int, str, tuple[str, ...], Tensor]] = []
@@ -129,18 +129,13 @@ class Monitor:
             self._armed_step = None
 
     def note_skip(self, step: int, parameters: list[str]) -> None:
-        self._event(step, "skip", {"parameters": parameters})
+        self.recorder.add_event(SkipEvent(step, parameters=list(parameters)))
 
     def _record_location(self, step: int) -> None:
         finding = self.locator.result()
         if finding is None:
             return
-        self._event(step, "nonfinite_location", {"where": finding.where, "message": finding.message, "remedy": finding.remedy, **finding.evidence})
-
-    def _event(self, step: int | None, kind: str, payload: dict[str, Any]) -> None:
-        self.events.append({"step": step, "kind": kind, **payload})
-        if self.store is not None:
-            self.store.add_event(step, kind, payload)
+        self.recorder.add_event(NonfiniteLocationEvent(step, where=list(finding.where), message=finding.message, remedy=finding.remedy, extra=dict(finding.evidence)))
 
     # ------------------------------------------------------------------ host side
     def flush(self, chunk: Chunk) -> None:
@@ -151,17 +146,10 @@ class Monitor:
                 grouped.setdefault((step, metric), {}).update(zip(names, values))
             self._pending.clear()
             for (step, metric), entry in grouped.items():
-                self.records.setdefault(metric, []).append((step, entry))
-                if self.store is not None:
-                    self.store.write_module_stats(step, metric, entry)
+                self.recorder.add_records(step, metric, entry)
         for step, module, metric, vector in self._pending_vectors:
-            array = vector.detach().to(torch.float64).cpu().numpy()
-            self.vectors.setdefault(metric, []).append((step, module, array))
-            if self.store is not None:
-                self.store.write_vector(step, module, metric, array)
+            self.recorder.add_vector(step, module, metric, vector.detach().to(torch.float64).cpu().numpy())
         self._pending_vectors.clear()
-        if self.store is not None:
-            self.store.write_chunk(chunk)
         if self.spikes is not None:
             scores = self.spikes.score(chunk.steps, chunk.scalars["norm_before"], chunk.scalars["loss"], chunk.modules)
             self._forensics(chunk, scores)
@@ -181,14 +169,12 @@ class Monitor:
             trigger, z = "loss", float(cols[row, 2])
         report = self.spikes.forensics(step, trigger, z)
         window = (min(report.dump["steps"], default=step), step)
-        ratios = [(s, v) for s, v in self.records.get("update_ratio", []) if window[0] <= s <= window[1]]
-        self._event(step, "forensics", {**report.dump, "update_ratio": [[s, v] for s, v in ratios]})
-        self._event(
-            step,
-            "spike",
-            {"trigger": trigger, "z": z, "z_threshold": self.spikes.z_thresh, "spikes_in_chunk": len(spiked),
-             "first_module": report.first_module, "first_step": report.first_step, "first_z": report.first_z},
-        )
+        ratios = [(s, v) for s, v in self.recorder.records.get("update_ratio", []) if window[0] <= s <= window[1]]
+        self.recorder.add_event(ForensicsEvent(step, dump={**report.dump, "update_ratio": [[s, v] for s, v in ratios]}))
+        self.recorder.add_event(SpikeEvent(
+            step, trigger=trigger, z=z, z_threshold=self.spikes.z_thresh, spikes_in_chunk=len(spiked),
+            first_module=report.first_module, first_step=report.first_step, first_z=report.first_z,
+        ))
         # The step after an anomaly is probed too (with every probe); it is the next one after this flush.
         self._arm(int(chunk.steps[-1]) + 1, set(self.periods))
 

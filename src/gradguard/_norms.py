@@ -110,12 +110,9 @@ def reduce_groups(vector: Tensor, index: Tensor, n_groups: int, norm_type: float
 
 def group_norms(norms: GradNorms, key: Callable[[str], str]) -> dict[str, Tensor]:
     """Norms per group, where ``key(name)`` gives a parameter's group label."""
-    if not norms.names:
-        return {}
-    labels, index = group_index(norms.names, key)
-    idx = torch.tensor(index, device=norms.vector.device)
-    values = reduce_groups(norms.vector, idx, len(labels), norms.norm_type)
-    return dict(zip(labels, values.unbind(0)))
+    from gradguard._grouping import Grouping  # the grouping Guard and the parameter probe use
+
+    return Grouping(key, fixed=False).norms(norms.names, norms.vector, norms.norm_type)
 
 
 def reduce_shards(vector: Tensor, layouts: Sequence[ShardLayout | None], norm_type: float) -> Tensor:

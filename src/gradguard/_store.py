@@ -10,8 +10,9 @@ Schema (``schema_version`` 1):
     meta(key TEXT PRIMARY KEY, value TEXT)            -- JSON values: run name, versions, config,
                                                           norm_type, module list, ...
     modules(id INTEGER PRIMARY KEY, name TEXT UNIQUE) -- module (group) names, ids in first-seen order
-    steps(step INTEGER PRIMARY KEY, norm_before REAL, norm_after REAL, threshold REAL,
-          clipped INTEGER, skipped INTEGER, loss REAL, wall_time REAL)
+    steps(step INTEGER PRIMARY KEY, <one column per _rundata.STEP_COLUMNS entry: REAL, or
+          INTEGER 0/1 for bool columns>, wall_time REAL)   -- written and read by column name;
+          a store made before a column was declared gets it added (ALTER TABLE), reading NULL
     module_stats(step, module, metric, value REAL)     -- per-module scalars; metric is one of
           grad_norm, param_norm, update_ratio, error_norm, saturation, dead_fraction,
           preact_mean, preact_std (NULL means not measured / NaN)
@@ -39,16 +40,15 @@ from typing import Any
 import numpy as np
 
 from gradguard._finding import Finding
-from gradguard._history import SCALARS, Chunk
+from gradguard._history import Chunk
+from gradguard._rundata import STEP_COLUMNS
 
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS modules(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS steps(
-    step INTEGER PRIMARY KEY, norm_before REAL, norm_after REAL, threshold REAL,
-    clipped INTEGER, skipped INTEGER, loss REAL, wall_time REAL);
+CREATE TABLE IF NOT EXISTS steps(step INTEGER PRIMARY KEY, wall_time REAL);
 CREATE TABLE IF NOT EXISTS module_stats(
     step INTEGER NOT NULL, module INTEGER NOT NULL, metric TEXT NOT NULL, value REAL,
     PRIMARY KEY(metric, step, module)) WITHOUT ROWID;
@@ -66,6 +66,14 @@ CREATE TABLE IF NOT EXISTS findings(
 def _real(x: Any) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else (None if math.isnan(x) else x)
+
+
+def _reals(values: np.ndarray) -> list[float | None]:
+    return [_real(v) for v in values.tolist()]
+
+
+def _ints(values: np.ndarray) -> list[int]:
+    return [int(v) for v in (np.asarray(values) > 0).tolist()]
 
 
 def _dumps(value: Any) -> str:
@@ -91,6 +99,7 @@ class RunStore:
         # NORMAL: a commit survives a killed process (the WAL is in the OS's hands), not a power cut.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._add_step_columns()
         self._module_ids: dict[str, int] = dict((name, mid) for mid, name in self._db.execute("SELECT id, name FROM modules"))
         existing = self.meta
         if "schema_version" in existing and existing["schema_version"] != SCHEMA_VERSION:
@@ -99,6 +108,14 @@ class RunStore:
             self.set_meta(schema_version=SCHEMA_VERSION, created=time.time())
         if meta:
             self.set_meta(**meta)
+
+    def _add_step_columns(self) -> None:
+        """Give the steps table every declared column it lacks (new stores, and older ones)."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(steps)")}
+        for col in STEP_COLUMNS:
+            if col.name not in have:
+                self._db.execute(f"ALTER TABLE steps ADD COLUMN {col.name} {'INTEGER' if col.kind == 'bool' else 'REAL'}")
+        self._step_columns = [row[1] for row in self._db.execute("PRAGMA table_info(steps)")]
 
     # ------------------------------------------------------------------ writing
     def _transaction(self):
@@ -118,13 +135,13 @@ class RunStore:
     def write_chunk(self, chunk: Chunk) -> None:
         """Steps and per-module gradient norms of one chunk, in one transaction (probes: ``write_module_stats``)."""
         now = time.time()
+        names = [c.name for c in STEP_COLUMNS]
+        cells = [_ints(chunk.scalars[c.name]) if c.kind == "bool" else _reals(chunk.scalars[c.name]) for c in STEP_COLUMNS]
+        rows = [(step, *values, now) for step, *values in zip(chunk.steps.tolist(), *cells)]
+        sql = f"INSERT OR REPLACE INTO steps(step, {', '.join(names)}, wall_time) VALUES ({', '.join('?' * (len(names) + 2))})"
         with self._transaction():
             ids = [self._module_id(m) for m in chunk.module_names]
-            rows = []
-            for i, step in enumerate(chunk.steps.tolist()):
-                values = [chunk.scalars[name][i] for name in SCALARS]
-                rows.append((step, _real(values[0]), _real(values[1]), _real(values[2]), int(values[3] > 0), int(values[4] > 0), _real(values[5]), now))
-            self._db.executemany("INSERT OR REPLACE INTO steps VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            self._db.executemany(sql, rows)
             stats = []
             for i, step in enumerate(chunk.steps.tolist()):
                 stats.extend((step, mid, "grad_norm", _real(v)) for mid, v in zip(ids, chunk.modules[i].tolist()))
@@ -182,17 +199,18 @@ class RunStore:
 
     def steps(self) -> dict[str, np.ndarray]:
         """Columns of the steps table (NaN where a value was not finite or not recorded)."""
-        cur = self._db.execute("SELECT step, norm_before, norm_after, threshold, clipped, skipped, loss, wall_time FROM steps ORDER BY step")
-        names = ["step", "norm_before", "norm_after", "threshold", "clipped", "skipped", "loss", "wall_time"]
-        rows = cur.fetchall()
-        if not rows:
-            return {n: np.zeros(0) for n in names}
-        table = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64)
+        names = list(self._step_columns)  # every column this file has, declared ones included
+        rows = self._db.execute(f"SELECT {', '.join(names)} FROM steps ORDER BY step").fetchall()
+        table = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
         out = {n: table[:, i] for i, n in enumerate(names)}
         out["step"] = out["step"].astype(np.int64)
-        out["clipped"] = out["clipped"].astype(bool)
-        out["skipped"] = out["skipped"].astype(bool)
+        for col in STEP_COLUMNS:
+            if col.kind == "bool":
+                out[col.name] = np.nan_to_num(out[col.name]) > 0
         return out
+
+    def vector_metrics(self) -> list[str]:
+        return [m for (m,) in self._db.execute("SELECT DISTINCT metric FROM vectors ORDER BY metric")]
 
     def metrics(self) -> list[str]:
         return [m for (m,) in self._db.execute("SELECT DISTINCT metric FROM module_stats ORDER BY metric")]

@@ -11,16 +11,8 @@ from gradguard._guard import resolve_clipper
 from gradguard._policy import POLICIES
 from gradguard.integrations.tensorboard import ModuleFilter, _name_filter
 
-# Metric names, the same as TensorBoardLogger's tags.
-PRE_CLIP = "grad_norm/pre_clip"  # total gradient norm before clipping
-POST_CLIP = "grad_norm/post_clip"  # ... and after
-COEF = "clip/coef"  # post_clip / pre_clip: 1 when clipping did not act
-THRESHOLD = "clip/threshold"  # the clipper's bound at this step (only with a clipper)
-ACTIVE_FRAC = "clip/active_frac"  # share of clipped steps among the last `window` steps
-SKIPPED = "steps/skipped"  # non-finite steps skipped so far
-MODULE = "grad_norm/{}"  # per-module norm
-
-WINDOW = 100  # steps that clip/active_frac covers
+# Metric names and their arithmetic live in one place, shared by every logger.
+from gradguard._metrics import ACTIVE_FRAC, COEF, MODULE, POST_CLIP, PRE_CLIP, SKIPPED, THRESHOLD, WINDOW  # noqa: E402,F401
 
 
 class GuardSettings:
@@ -49,7 +41,9 @@ class GuardSettings:
 
     def module_tags(self, module_names: Sequence[str]) -> list[tuple[int, str]]:
         """(position in guard.module_names, metric name) of the modules whose norms are logged."""
-        return [(i, MODULE.format(name)) for i, name in enumerate(module_names) if self.keep_module(name)]
+        from gradguard._metrics import module_tags
+
+        return module_tags(module_names, self.keep_module)
 
 
 def finite_or_none(value: float) -> float | None:

@@ -42,11 +42,9 @@ instead, which puts the callback first.
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Any
 
-import numpy as np
 
 from gradguard._errors import GradGuardWarning
 from gradguard._extras import require
@@ -144,7 +142,7 @@ class GradGuardCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         guard = self.guard
         skips_before = guard.skipped_steps
-        guard.check()  # gradients are already unscaled: the Trainer's norm pass went through accelerate
+        guard.check(kwargs.get("optimizer"))  # reads the learning rate; gradients are already unscaled: the Trainer's norm pass went through accelerate
         self._skipped_now = guard.skipped_steps > skips_before
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
@@ -180,27 +178,24 @@ class GradGuardCallback(TrainerCallback):
 
     def _metrics(self) -> dict[str, float]:
         """The last step's statistics, or {} when no step happened since the last logging step."""
+        from gradguard._metrics import active_frac, metrics
+
         self.guard.flush()
         h = self.guard.history
         if not len(h) or int(h.step[-1]) == self._last_logged:
             return {}
         self._last_logged = int(h.step[-1])
-        recent_clipped = h.clipped[-self.settings.window :] & ~h.skipped[-self.settings.window :]
-        out = {common.ACTIVE_FRAC: float(np.mean(recent_clipped)), common.SKIPPED: float(self.guard.skipped_steps)}
-        before, after = float(h.norm_before[-1]), float(h.norm_after[-1])
-        if bool(h.skipped[-1]) or not (math.isfinite(before) and math.isfinite(after)):
-            return out
-        out[common.PRE_CLIP] = before
-        out[common.POST_CLIP] = after
-        out[common.COEF] = after / before if before > 0 else 1.0
-        if self.settings.clipper is not None:
-            out[common.THRESHOLD] = float(h.threshold[-1])
+        w = self.settings.window
+        last = {name: h.column(name)[-1].item() for name in ("norm_before", "norm_after", "coef", "threshold", "skipped")}
         module_norms = h.module_norms[-1]
-        for i, tag in self._module_tags:
-            value = common.finite_or_none(float(module_norms[i]))
-            if value is not None:
-                out[tag] = value
-        return out
+        out = metrics(
+            last,
+            active_frac=active_frac(h.clipped[-w:], h.skipped[-w:]),
+            skipped=float(self.guard.skipped_steps),
+            module_norms=((self.guard.module_names[i], float(module_norms[i])) for i, _ in self._module_tags),
+            with_threshold=self.settings.clipper is not None,
+        )
+        return {k: float(v) for k, v in out.items()}
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.guard is not None and not self._guard_closed:

@@ -167,6 +167,8 @@ class GradGuardCallback(Callback):
 
     def _metrics(self, info, skipped: bool) -> dict[str, Any]:
         """This step's statistics as device tensors (logging them reads nothing on the host)."""
+        from gradguard._metrics import active_frac, metrics
+
         device = info.norm_before.device
         if self._recent is None:
             self._recent = torch.zeros(self.settings.window, device=device)
@@ -175,19 +177,17 @@ class GradGuardCallback(Callback):
         steps = self.guard.steps
         self._recent[(steps - 1) % self.settings.window] = clipped
         self._skips = self._skips + info.skipped.float()
-        out = {
-            common.ACTIVE_FRAC: self._recent[: min(steps, self.settings.window)].mean(),
-            common.SKIPPED: self._skips,
-            common.PRE_CLIP: info.norm_before.float(),
-            common.POST_CLIP: info.norm_after.float(),
-            common.COEF: info.coef.float(),
-        }
-        if self.settings.clipper is not None:
-            out[common.THRESHOLD] = info.threshold.float()
+        recent = self._recent[: min(steps, self.settings.window)]
         module_norms = info.module_norms.float()
-        for i, tag in self._module_tags:
-            out[tag] = module_norms[i]
-        return out
+        step = {"norm_before": info.norm_before.float(), "norm_after": info.norm_after.float(), "coef": info.coef.float(), "threshold": info.threshold.float()}
+        return metrics(
+            step,
+            active_frac=active_frac(recent, torch.zeros_like(recent)),
+            skipped=self._skips,
+            module_norms=((self.guard.module_names[i], module_norms[i]) for i, _ in self._module_tags),
+            with_threshold=self.settings.clipper is not None,
+            finite_only=False,
+        )
 
     # ------------------------------------------------------------------ end of run, checkpoints
     def on_train_end(self, trainer, pl_module) -> None:

@@ -20,7 +20,8 @@ Tags (the same whichever way it is fed):
     loss                  when a loss was given
     grad_norm/<module>    per-module norms, for modules that pass ``module_filter``
 
-A skipped step has no finite norm: its norms and coefficient are not written (a NaN would break
+The names and the arithmetic (``clip/coef`` is the clipper's own coefficient) come from
+``gradguard._metrics.metrics``, which every logger shares. A skipped step has no finite norm: its norms and coefficient are not written (a NaN would break
 the chart's scale), only ``steps/skipped`` and ``clip/active_frac``.
 
 ``torch.utils.tensorboard`` needs the ``tensorboard`` package (the ``integrations`` extra); it is
@@ -37,7 +38,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 from gradguard._errors import check_int
+from gradguard._metrics import active_frac, metrics
 
 ModuleFilter = str | re.Pattern | Iterable[str] | Callable[[str], bool] | None
 
@@ -98,7 +102,7 @@ class TensorBoardLogger:
             self._owns_writer = True
         else:
             raise TypeError(f"TensorBoardLogger needs a log directory or a SummaryWriter, got {type(log_dir_or_writer).__name__}.")
-        self._recent: deque[bool] = deque(maxlen=self.window)
+        self._recent: deque[tuple[bool, bool]] = deque(maxlen=self.window)  # (clipped, skipped) per step
         self.skipped = 0
 
     # ------------------------------------------------------------------ Guard
@@ -106,17 +110,8 @@ class TensorBoardLogger:
         """Log a ``Chunk`` of steps (Guard calls this every ``log_every`` steps)."""
         sc = chunk.scalars
         for i, step in enumerate(chunk.steps.tolist()):
-            modules = {name: float(chunk.modules[i, j]) for j, name in enumerate(chunk.module_names)}
-            self.log(
-                step,
-                norm_before=float(sc["norm_before"][i]),
-                norm_after=float(sc["norm_after"][i]),
-                threshold=float(sc["threshold"][i]),
-                clipped=bool(sc["clipped"][i] > 0),
-                skipped=bool(sc["skipped"][i] > 0),
-                loss=float(sc["loss"][i]) if "loss" in sc else None,
-                module_norms=modules,
-            )
+            row = {name: sc[name][i].item() for name in ("norm_before", "norm_after", "threshold", "coef", "clipped", "skipped", "loss")}
+            self._write(step, row, zip(chunk.module_names, chunk.modules[i].tolist()))
 
     # ------------------------------------------------------------------ plain loop
     def log(
@@ -148,26 +143,25 @@ class TensorBoardLogger:
             clip = (not skip) and math.isfinite(before) and after < before
         else:
             clip = bool(_float(clipped)) and not skip
-        self._recent.append(clip)
-        self.skipped += int(skip)
+        row = {"norm_before": before, "norm_after": after, "threshold": thr, "clipped": clip, "skipped": skip, "loss": _float(loss)}
+        self._write(step, row, ((name, _float(v)) for name, v in (module_norms or {}).items()))
+
+    def _write(self, step: int, row: dict[str, Any], module_norms: Iterable[tuple[str, float]]) -> None:
+        """Count the step in the running window, and write it if ``every`` says so."""
+        self._recent.append((bool(row["clipped"]), bool(row["skipped"])))
+        self.skipped += int(bool(row["skipped"]))
         if step % self.every:
             return
-        w = self.writer
-        if math.isfinite(before) and not skip:
-            w.add_scalar("grad_norm/pre_clip", before, step)
-            if math.isfinite(after):
-                w.add_scalar("grad_norm/post_clip", after, step)
-                w.add_scalar("clip/coef", after / before if before > 0 else 1.0, step)
-        w.add_scalar("clip/active_frac", sum(self._recent) / len(self._recent), step)
-        w.add_scalar("steps/skipped", self.skipped, step)
-        lv = _float(loss)
-        if math.isfinite(lv):
-            w.add_scalar("loss", lv, step)
-        for name, value in (module_norms or {}).items():
-            if self._wanted(name):
-                v = _float(value)
-                if math.isfinite(v):
-                    w.add_scalar(f"grad_norm/{name}", v, step)
+        clipped, skipped = zip(*self._recent)
+        found = metrics(
+            row,
+            active_frac=active_frac(np.array(clipped), np.array(skipped)),
+            skipped=self.skipped,
+            module_norms=((n, v) for n, v in module_norms if self._wanted(n)),
+            with_threshold=False,
+        )
+        for tag, value in found.items():
+            self.writer.add_scalar(tag, value, step)
 
     def _wanted(self, name: str) -> bool:
         keep = self._kept.get(name)

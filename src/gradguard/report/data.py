@@ -1,6 +1,7 @@
 """Read what a report shows into plain arrays and dicts: one run store, or a lab results directory.
 
-The renderers (``html``, ``markdown``) only ever see these dataclasses, never the store. Nothing
+A run is the one ``gradguard._rundata.RunData`` (with its findings: the report runs the rules);
+the renderers (``html``, ``markdown``) only ever see it and the lab dataclasses, never the store. Nothing
 here unpickles: a run store is SQLite holding numbers, JSON and raw float64 bytes, and lab results
 are JSON files. A file is checked to be a gradguard run store, read-only, before ``RunStore``
 opens it, so pointing the report at some other SQLite file never adds tables to it.
@@ -19,62 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from gradguard._finding import Finding, by_severity
+from gradguard._finding import Finding
+from gradguard._metrics import coef as clip_coef
+from gradguard._rundata import ModuleMetric, RunData, Timesteps  # noqa: F401  (the report's view of a run)
 from gradguard._store import RunStore
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-@dataclass
-class ModuleMetric:
-    """One per-module metric over training: ``values`` is steps x modules, NaN where not measured."""
-
-    steps: np.ndarray
-    modules: list[str]
-    values: np.ndarray
-
-    def measured(self) -> np.ndarray:
-        """Indices of the modules this metric measured at least once (the store lists every module
-        any metric saw, e.g. activation modules next to the layers that have weights)."""
-        if not self.values.size:
-            return np.zeros(0, dtype=np.int64)
-        return np.flatnonzero(np.isfinite(self.values).any(axis=0))
-
-    def latest(self) -> tuple[int, np.ndarray] | None:
-        """(step, values over modules) at the latest step that measured any module, or None."""
-        finite = np.isfinite(self.values).any(axis=1) if self.values.size else np.zeros(0, bool)
-        rows = np.flatnonzero(finite)
-        if not len(rows):
-            return None
-        row = rows[-1]
-        return int(self.steps[row]), self.values[row]
-
-
-@dataclass
-class Timesteps:
-    """||dL/dh_t|| of one recurrent module: ``values`` is training steps x time steps (NaN-padded)."""
-
-    module: str
-    steps: np.ndarray
-    values: np.ndarray
-
-
-@dataclass
-class RunData:
-    """Everything a report shows about one training run."""
-
-    name: str
-    source: str
-    meta: dict[str, Any]
-    steps: dict[str, np.ndarray]
-    metrics: dict[str, ModuleMetric]
-    timesteps: list[Timesteps]
-    events: list[dict[str, Any]]
-    findings: list[Finding]
-
-    @property
-    def n_steps(self) -> int:
-        return len(self.steps.get("step", ()))
 
 
 @dataclass
@@ -154,39 +105,15 @@ class LabData:
 
 
 def from_store(store: RunStore, name: str | None = None) -> RunData:
-    """Read every table of an open ``RunStore`` (it stays open)."""
-    meta = store.meta
-    source = str(store.path)
-    label = name or meta.get("name") or (Path(source).stem if source != ":memory:" else "run")
-    metrics = {}
-    for metric in store.metrics():
-        steps, modules, values = store.module_metric(metric)
-        metrics[metric] = ModuleMetric(steps, list(modules), values)
-    return RunData(
-        name=str(label),
-        source=source,
-        meta=meta,
-        steps=store.steps(),
-        metrics=metrics,
-        timesteps=_timesteps(store.vectors("timestep_grad_norm")),
-        events=store.events(),
-        findings=by_severity(store.findings()),
-    )
+    """Read every table of an open ``RunStore`` (it stays open), and run the rules on it: a run
+    killed before ``close()`` gets the same findings as one that closed."""
+    from gradguard._diagnose import findings_of
 
-
-def _timesteps(rows: list[tuple[int, str, np.ndarray]]) -> list[Timesteps]:
-    by_module: dict[str, list[tuple[int, np.ndarray]]] = {}
-    for step, module, vector in rows:
-        by_module.setdefault(module, []).append((step, vector))
-    out = []
-    for module, items in by_module.items():
-        items.sort(key=lambda item: item[0])
-        width = max(len(v) for _, v in items)
-        values = np.full((len(items), width), np.nan)
-        for i, (_, vector) in enumerate(items):
-            values[i, : len(vector)] = vector
-        out.append(Timesteps(module, np.array([s for s, _ in items], dtype=np.int64), values))
-    return out
+    run = RunData.from_store(store)
+    if name:
+        run.meta["name"] = name
+    run.findings = findings_of(run, store.findings())
+    return run
 
 
 def is_run_store(path: Path) -> bool:
@@ -219,19 +146,25 @@ def load(sources: Any) -> list[RunData | LabData]:
     A path is a run store file (``*.sqlite``), or a directory: lab results (JSON; see
     ``gradguard.report.lab``), or else a folder of run store files, which each become a run.
     """
-    if isinstance(sources, (str, os.PathLike, RunStore)):
+    if isinstance(sources, (str, os.PathLike, RunStore, RunData)):
         sources = [sources]
     items = list(sources)
     if not items:
         raise ValueError("no runs given; pass a run store file (*.sqlite), a lab results directory, or a RunStore.")
     out: list[RunData | LabData] = []
     for item in items:
-        if isinstance(item, RunStore):
+        if isinstance(item, RunData):
+            if item.findings is None:
+                from gradguard._diagnose import findings_of
+
+                item.findings = findings_of(item)
+            out.append(item)
+        elif isinstance(item, RunStore):
             out.append(from_store(item))
         elif isinstance(item, (str, os.PathLike)):
             out.extend(_load_path(Path(item)))
         else:
-            raise TypeError(f"a report source must be a RunStore or a path, got {type(item).__name__}.")
+            raise TypeError(f"a report source must be a RunStore, a RunData or a path, got {type(item).__name__}.")
     return out
 
 
@@ -257,15 +190,14 @@ def _load_path(path: Path) -> list[RunData | LabData]:
 # ---------------------------------------------------------------------- summaries both renderers use
 def clipping_stats(run: RunData) -> dict[str, float] | None:
     """Share of steps clipped and skipped, and the clip coefficient norm_after / norm_before."""
-    s = run.steps
+    s = run.scalars
     n = run.n_steps
     if not n:
         return None
     before, after = s["norm_before"], s["norm_after"]
     taken = ~s["skipped"]
     clipped = s["clipped"] & taken
-    with np.errstate(divide="ignore", invalid="ignore"):
-        coef = after / before
+    coef = clip_coef(before, after, s["coef"])
     coef_clipped = coef[clipped & np.isfinite(coef)]
     finite_before = before[np.isfinite(before)]
     threshold = s["threshold"][np.isfinite(s["threshold"])]

@@ -158,7 +158,7 @@ def _gradient_flow(run: RunData) -> str | None:
 
 
 def _timeline(run: RunData) -> str | None:
-    s = run.steps
+    s = run.columns()
     if not run.n_steps:
         return None
     svg = _plot(plots.norm_timeline, s["step"], s["norm_before"], s["norm_after"], s["threshold"], s["skipped"], s["loss"])
@@ -305,7 +305,7 @@ def _comparison(runs: list[RunData]) -> str:
         c = severity_counts(run.findings)
         rows.append([run.name, run.n_steps, stats.get("median norm before clipping", math.nan), stats.get("largest norm before clipping", math.nan), f"{100 * stats.get('share clipped', 0):.1f}%", int(stats.get("skipped steps", 0)), c["error"], c["warning"], c["info"]])
     table = _table(["run", "steps", "median norm", "largest norm", "clipped", "skipped", "errors", "warnings", "info"], rows)
-    svg = _plot(plots.overlaid_timelines, {run.name: (run.steps["step"], run.steps["norm_before"]) for run in runs})
+    svg = _plot(plots.overlaid_timelines, {run.name: (run.steps, run.scalars["norm_before"]) for run in runs})
     return table + _figure(svg, "Total gradient norm before clipping, every run on one log axis.", "total gradient norm of every run")
 
 

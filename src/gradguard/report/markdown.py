@@ -110,7 +110,7 @@ def _run(run: RunData, heading: str = "##") -> list[str]:
         out += table(["module", f"‖dL/dW‖ (step {g[0]})" if g else "‖dL/dW‖", f"‖dL/dh‖ (step {e[0]})" if e else "‖dL/dh‖"], rows)
     stats = clipping_stats(run)
     if stats:
-        s = run.steps
+        s = run.columns()
         out += [f"{sub} Total gradient norm", ""]
         finite = s["norm_before"][np.isfinite(s["norm_before"])]
         if len(finite):
