@@ -44,5 +44,10 @@ bench: $(VENV)/.dev
 bench-smoke: $(VENV)/.dev
 	$(PY) -m benchmarks.run --smoke
 
+# The diagnosis benchmark: broken runs of the zoo, diagnosed, remedied (a few minutes on one core).
+.PHONY: bench-diagnosis
+bench-diagnosis: $(VENV)/.dev
+	$(PY) -m benchmarks.diagnosis.run --markdown BENCHMARKS.md
+
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

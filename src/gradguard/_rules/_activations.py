@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from gradguard._finding import Finding
 from gradguard._rules import _thresholds as T
 from gradguard._rundata import RunData
@@ -37,7 +39,20 @@ def saturation(data: RunData) -> Finding | None:
         "Saturated units pass back almost no error (Glorot & Bengio 2010): scale the pre-activations down (Xavier "
         "init for tanh/sigmoid, normalised inputs), add BatchNorm/LayerNorm before the activation, or use ReLU with He init.",
         step,
+        fix=_saturation_fix(data, modules),
     )
+
+
+# Pre-activations this wide put a tanh unit in its flat tails most of the time (|x| > 1.8 has
+# tanh' < 0.1): the scale of the weights feeding it is what saturates it.
+WIDE_PREACT_STD = 1.5
+
+
+def _saturation_fix(data: RunData, modules: list[str]) -> dict:
+    latest = data.latest("preact_std")
+    if latest is not None and max((latest[1].get(m, 0.0) for m in modules), default=0.0) > WIDE_PREACT_STD:
+        return {"init": "xavier"}
+    return {"activation": "relu", "init": "he"}
 
 
 def dead_units(data: RunData) -> Finding | None:
@@ -57,4 +72,16 @@ def dead_units(data: RunData) -> Finding | None:
         "Use He init (nn.init.kaiming_normal_(w, nonlinearity='relu')) with zero or small positive biases, lower the "
         "learning rate (large steps kill units), or switch to LeakyReLU/GELU, which keep a gradient below zero.",
         step,
+        fix=_dead_fix(data, modules),
     )
+
+
+def _dead_fix(data: RunData, modules: list[str]) -> dict:
+    """Dead from the start with pre-activations centred below zero: the biases/init; else keep a gradient below 0."""
+    first = data.records.get("preact_mean", [])
+    stds = data.records.get("preact_std", [])
+    if first and stds:
+        mean, std = first[0][1], stds[0][1]
+        if any(mean.get(m, 0.0) < -std.get(m, np.inf) for m in modules):
+            return {"init": "he"}
+    return {"activation": "leaky_relu"}

@@ -6,7 +6,8 @@ import numpy as np
 
 from gradguard._finding import Finding
 from gradguard._rules import _thresholds as T
-from gradguard._rules._common import clip_remedy, lower_first, recommend_threshold
+from gradguard._rules._common import clip_fix, clip_remedy, lower_first, recommend_threshold
+from gradguard._rules._syntax import clip_text
 from gradguard._rundata import RunData
 
 # Clippers whose bound is fixed: "always" and "never" mean something for them. AutoClip clips
@@ -30,7 +31,8 @@ def clipping_activity(data: RunData) -> Finding | None:
     if share is None:
         return None
     clipper, fraction, steps = share
-    if steps >= T.MIN_STEPS_CLIPPING and fraction > T.CLIPPING_ALWAYS_FRACTION:
+    # Early: clipping on every one of the first MIN_STEPS_CLIPPING_EARLY steps says as much.
+    if (steps >= T.MIN_STEPS_CLIPPING and fraction > T.CLIPPING_ALWAYS_FRACTION) or (steps >= T.MIN_STEPS_CLIPPING_EARLY and fraction == 1.0):
         return Finding(
             "CLIPPING_ALWAYS",
             "warning",
@@ -41,6 +43,7 @@ def clipping_activity(data: RunData) -> Finding | None:
             "Raise the threshold so only outliers are clipped, " + lower_first(clip_remedy(data))
             + " Or lower the learning rate if the large norms are the norm.",
             int(data.steps[-1]),
+            fix=clip_fix(data),
         )
     if steps >= T.MIN_STEPS_CLIPPING_NEVER and fraction == 0.0:
         return Finding(
@@ -81,6 +84,7 @@ def clip_threshold(data: RunData) -> Finding | None:
         "the 0.5x-10x range Pascanu et al. (2013) found workable.",
         [],
         evidence,
-        f"gg.ClipNorm(max_norm={value:g})",
+        clip_text(data, value),
         int(data.steps[-1]),
+        fix={"clip": value},
     )

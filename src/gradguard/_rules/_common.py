@@ -53,14 +53,22 @@ def recommend_threshold(data: RunData) -> tuple[float, dict] | None:
 
 
 def clip_remedy(data: RunData, extra: str = "") -> str:
+    from gradguard._rules._syntax import clip_text
+
     rec = recommend_threshold(data)
     if rec is None:
-        return "Clip the global gradient norm, e.g. gg.Guard(model, clip=gg.ClipNorm(max_norm=1.0))." + extra
+        return f"Clip the global gradient norm, e.g. {clip_text(data, 1.0)}." + extra
     value, ev = rec
     return (
-        f"gg.Guard(model, clip=gg.ClipNorm(max_norm={value:g})): the 90th percentile of the observed norms, "
+        f"{clip_text(data, value)}: the 90th percentile of the observed norms, "
         f"{ev['times_mean']:.2g}x their mean (Pascanu et al. 2013 found 0.5x to 10x the mean workable)." + extra
     )
+
+
+def clip_fix(data: RunData) -> dict:
+    """``{"clip": the recommended threshold}``, or empty when too few steps were seen."""
+    rec = recommend_threshold(data)
+    return {"clip": rec[0]} if rec is not None else {}
 
 
 def module_types(data: RunData) -> set[str]:

@@ -8,7 +8,8 @@ import numpy as np
 
 from gradguard._finding import Finding
 from gradguard._rules import _thresholds as T
-from gradguard._rules._common import clip_remedy, depth_profile, lower_first, module_types
+from gradguard._rules._common import clip_fix, clip_remedy, depth_profile, lower_first, module_types, sig
+from gradguard._rules._evidence import lr_series, nonfinite_steps
 from gradguard._rundata import RunData
 
 
@@ -24,6 +25,18 @@ def _vanishing_remedy(data: RunData) -> str:
         parts.append("for recurrent layers use nn.LSTM or nn.GRU")
     text = "; ".join(parts)
     return text[0].upper() + text[1:] + "."
+
+
+def _vanishing_fix(data: RunData) -> dict:
+    """The config change the vanishing remedy leads with, from the layer and activation types."""
+    kinds = module_types(data)
+    if {"Sigmoid", "Tanh", "Softsign", "Hardtanh"} & kinds:
+        return {"activation": "relu", "init": "he"}
+    if any(k.startswith(("BatchNorm", "LayerNorm", "GroupNorm")) for k in kinds):
+        return {"residual": True}
+    # A plain ReLU stack: He init keeps the signal's scale through depth (He et al. 2015 train
+    # 30-layer plain nets with it); PyTorch's default init shrinks it by ~0.8x per layer.
+    return {"init": "he"}
 
 
 def vanishing_depth(data: RunData) -> Finding | None:
@@ -59,6 +72,7 @@ def vanishing_depth(data: RunData) -> Finding | None:
             evidence,
             _vanishing_remedy(data),
             step,
+            fix=_vanishing_fix(data),
         )
     # No error norms: weight-gradient norms across modules are only a hint.
     if len(data) == 0 or len(data.module_names) < T.MIN_LAYERS_FOR_DEPTH:
@@ -82,6 +96,7 @@ def vanishing_depth(data: RunData) -> Finding | None:
         {"weight_grad_ratio_first_to_last": float(ratio), "threshold": T.WEIGHT_GRAD_RATIO_HINT},
         _vanishing_remedy(data),
         int(data.steps[-1]),
+        fix=_vanishing_fix(data),
     )
 
 
@@ -123,6 +138,7 @@ def vanishing_plateau(data: RunData) -> Finding | None:
          "plateau_threshold": T.PLATEAU_RELATIVE_IMPROVEMENT},
         _vanishing_remedy(data),
         int(data.steps[-1]),
+        fix=_vanishing_fix(data),
     )
 
 
@@ -142,6 +158,7 @@ def exploding(data: RunData) -> Finding | None:
                 "Lower the weight scale (Xavier/He init for the activation), add normalisation layers, and "
                 + lower_first(clip_remedy(data)),
                 step,
+                fix={"init": "xavier" if {"Sigmoid", "Tanh"} & module_types(data) else "he"},
             )
     norms = data.finite_norms()
     if len(norms) < T.MIN_STEPS_FOR_TRENDS:
@@ -158,6 +175,7 @@ def exploding(data: RunData) -> Finding | None:
         {"median_norm_early": early, "median_norm_late": late, "growth": late / early, "threshold": T.EXPLODING_GROWTH},
         "Lower the learning rate (2-10x) and " + lower_first(clip_remedy(data)),
         int(data.steps[-1]),
+        fix=clip_fix(data),
     )
 
 
@@ -192,6 +210,7 @@ def spikes(data: RunData) -> Finding | None:
         "their recent history) or a lower learning rate; if one module always moves first, check its initialisation and "
         "normalisation.",
         first.get("step"),
+        fix={"clip": "zclip"},
     )
 
 
@@ -222,38 +241,72 @@ def loss_oscillation(data: RunData) -> Finding | None:
          "regression_threshold": T.OSCILLATION_REGRESSION, "spread_threshold": T.OSCILLATION_SPREAD, "window": window},
         "Lower the learning rate 2-10x or add a warm-up and decay schedule; " + lower_first(clip_remedy(data)),
         int(data.steps[-1]) if len(data) else None,
+        fix=_lower_lr(data, 3.0),
     )
 
 
+def _lower_lr(data: RunData, factor: float) -> dict:
+    lr = lr_series(data)
+    if lr is None or not np.isfinite(lr[-1]) or lr[-1] <= 0:
+        return {}
+    return {"lr": sig(float(lr[-1]) / factor, 1)}
+
+
 def nonfinite(data: RunData) -> Finding | None:
-    """Skipped steps and located NaN/Inf sources."""
-    skipped = data.scalars.get("skipped", np.zeros(0)).astype(bool)
+    """NaN/Inf gradients: how many steps, whether one-off or persistent, and where it starts."""
+    bad = nonfinite_steps(data)
     located = [e for e in data.events if e.get("kind") == "nonfinite_location"]
-    if not skipped.any() and not located:
+    if not bad.any() and not located:
         return None
-    count, total = int(skipped.sum()), max(1, len(skipped))
+    count, total = int(bad.sum()), max(1, len(bad))
+    first_step = int(data.steps[np.argmax(bad)]) if bad.any() else located[0].get("step")
+    i = int(np.argmax(bad)) if bad.any() else 0
+    after = bad[i + 1 :]
+    one_off = bad.any() and len(after) > 0 and not after[0]
+    persistent = bad.any() and len(after) >= 2 and bool(after.all())
     names: list[str] = []
     for e in located:
         names += [n for n in e.get("where", []) if n not in names]
-    for e in data.events:
-        if e.get("kind") == "skip":
-            names += [n for n in e.get("parameters", []) if n not in names]
-        if e.get("kind") == "spike" and e.get("trigger") == "nonfinite" and e.get("first_module"):
-            names += [e["first_module"]] if e["first_module"] not in names else []
-    first_step = int(data.steps[np.argmax(skipped)]) if skipped.any() else (located[0].get("step") if located else None)
+    if not names:  # the parameters, when they are a telling subset (all of them says nothing)
+        params: list[str] = []
+        for e in data.events:
+            if e.get("kind") == "skip":
+                params += [n for n in e.get("parameters", []) if n not in params]
+        n_params = len(data.meta.get("module_names", data.module_names))
+        names = params[:4] if params and len(params) < max(2, n_params) else []
+    skipped = bool(data.scalars.get("skipped", np.zeros(0)).astype(bool).any())
+    verb = "were skipped" if skipped else "went through (nonfinite='ignore')"
     fraction = count / total
-    message = f"{count} of {total} steps ({fraction:.1%}) had NaN or Inf gradients and were skipped"
-    if located:
-        message += f"; the first source located: {located[0].get('message', '')}"
+    message = f"{count} of {total} steps ({fraction:.1%}) had NaN or Inf gradients and {verb}; the first at step {first_step}"
+    if one_off:
+        message += ", and the next step was clean: one-off, likely the batch"
+    elif persistent:
+        message += ", and every step after it too: a persistent fault"
+    fix: dict = {}
+    loc = located[0] if located else None
+    if loc is not None:
+        message += f". First source located: {loc.get('message', '')}"
+        if loc.get("produced") and loc.get("where") and loc["where"][0] != "(loss)":
+            fix = {"eps": 1e-6}
     else:
         message += "."
+    remedy = loc.get("remedy") if loc else (
+        "Find the first module that makes the value: gg.locate_nonfinite(model, closure). Frequent culprits: a learning rate too "
+        "high, log/sqrt/division of non-positive values, fp16 overflow (use bf16 or GradScaler)."
+    )
+    if one_off and not fix:
+        remedy = ("A single bad step with clean steps after it points at that step's batch: check it for NaN/Inf or extreme values. "
+                  + ("Guard skipped the step, so the weights are unharmed." if skipped else "Let Guard skip such steps: nonfinite='skip'."))
+        fix = {} if skipped else {"nonfinite": "skip"}
     return Finding(
         "NONFINITE",
-        "error" if fraction > T.NONFINITE_ERROR_FRACTION or located else "warning",
+        "error" if fraction > T.NONFINITE_ERROR_FRACTION or located or persistent or not skipped else "warning",
         message,
         names,
-        {"skipped_steps": count, "steps": total, "fraction": fraction, "first_step": first_step, "threshold_fraction": T.NONFINITE_ERROR_FRACTION},
-        located[0].get("remedy") if located else "Find the first module that makes the value: gg.locate_nonfinite(model, closure). "
-        "Frequent culprits: a learning rate too high, log/sqrt/division of non-positive values, fp16 overflow (use bf16 or GradScaler).",
+        {"nonfinite_steps": count, "skipped_steps": int(data.scalars.get("skipped", np.zeros(0)).astype(bool).sum()), "steps": total, "fraction": fraction, "first_step": first_step, "one_off": bool(one_off),
+         "persistent": bool(persistent), "threshold_fraction": T.NONFINITE_ERROR_FRACTION,
+         "location": loc and {k: loc.get(k) for k in ("where", "direction", "produced", "value")}},
+        remedy,
         first_step,
+        fix=fix,
     )

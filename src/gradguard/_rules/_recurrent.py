@@ -46,7 +46,7 @@ def recurrent_timesteps(data: RunData) -> Finding | None:
         return None
     module, step, ratio, v = worst
     steps = len(v)
-    factor = ratio ** (1.0 / (steps - 1)) if ratio > 0 else 0.0
+    factor = _per_step_factor(v)
     evidence = {"ratio_first_to_last": ratio, "time_steps": steps, "per_step_factor": factor, "norm_first": float(v[0]), "norm_last": float(v[-1])}
     spectral = data.meta.get("recurrent", {}).get(module)
     if spectral:
@@ -57,13 +57,14 @@ def recurrent_timesteps(data: RunData) -> Finding | None:
         return Finding(
             "VANISHING_GRADIENT",
             "error",
-            f"In {module!r} the gradient reaching the first of {steps} time steps is {ratio:.3g}x the one at the last "
+            f"In {module!r} the gradient reaching the first of {steps} time steps is {_times(ratio)} the one at the last "
             f"({factor:.3g}x per step): only the last {reach} steps get more than 1/1000 of it, so long-range "
             "dependencies cannot be learned.",
             [module],
             evidence,
             RECURRENT_REMEDY_VANISH,
             step,
+            fix={"cell": "lstm"},
         )
     if ratio > T.EXPLODING_TIME_RATIO:
         evidence["threshold"] = T.EXPLODING_TIME_RATIO
@@ -75,8 +76,26 @@ def recurrent_timesteps(data: RunData) -> Finding | None:
             evidence,
             RECURRENT_REMEDY_EXPLODE,
             step,
+            fix={"init": "orthogonal", "clip": 1.0},
         )
     return None
+
+
+def _per_step_factor(v: np.ndarray) -> float:
+    """Geometric mean decay per time step, from the logs of the norms that did not underflow.
+
+    ``(v[0] / v[-1]) ** (1 / (T - 1))`` reads 0 when ``v[0]`` underflowed to 0 although the decay
+    was, say, 0.6 per step; a least-squares slope of log v over the positive entries does not.
+    """
+    t = np.flatnonzero(v > 0)
+    if len(t) < 2:
+        return 0.0
+    slope = np.polyfit(t.astype(float), np.log(v[t]), 1)[0]
+    return float(np.exp(-slope))  # per step from the last toward the first
+
+
+def _times(ratio: float) -> str:
+    return f"{ratio:.3g}x" if ratio > 0 else "0x (it underflowed)"
 
 
 def recurrent_spectrum(data: RunData) -> Finding | None:

@@ -1,0 +1,118 @@
+"""The input check: on a step whose gradients are non-finite, were the model's inputs already?
+
+A forward pre-hook on the root module keeps a reference to the floating-point tensors each
+training forward pass receives (no copy, no device work), counts the forward passes per optimizer
+step (gradient accumulation), and notes the batch size and whether autocast is on and in which
+dtype: host-side Python only, so a finite step pays one hook call and no synchronisation. Only
+when a step's norms are already known to be non-finite does the check read the inputs
+(``torch.isfinite(...).all()``, one transfer) and report a ``nonfinite_input`` event: that tells
+bad data from a fault in the model, on the very step it happened.
+
+When the skip decision is made on the device (``nonfinite="ignore"``, fused optimizers), the host
+learns of a non-finite step only at the next flush; the references of the unflushed steps are
+kept until then (at most ``log_every`` batches stay alive a little longer), and checked there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def _floats(value: Any, path: str, out: list[tuple[str, Tensor]]) -> None:
+    if isinstance(value, Tensor):
+        if value.is_floating_point() or value.is_complex():
+            out.append((path, value))
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            _floats(v, f"{path}[{i}]", out)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _floats(v, f"{path}[{k!r}]", out)
+
+
+def _batch_size(args: tuple, kwargs: dict) -> int | None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, Tensor) and value.ndim >= 1:
+            return int(value.shape[0])
+    return None
+
+
+class InputCheck:
+    """Keeps the current step's inputs by reference; checks them only on non-finite steps."""
+
+    name = "inputs"
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._current: list[tuple[int, str, Tensor]] = []  # (forward pass, argument path, tensor)
+        self._passes = 0
+        self._unflushed: dict[int, list[tuple[int, str, Tensor]]] = {}
+        self.batch_size: int | None = None
+        self.micro_batches: int | None = None  # forward passes per optimizer step, as last seen
+        self.autocast_dtype: str | None = None
+        self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if not module.training or not torch.is_grad_enabled():
+            return  # evaluation passes feed no gradient
+        found: list[tuple[str, Tensor]] = []
+        _floats(args, "input", found)
+        _floats(kwargs, "input", found)
+        self._current.extend((self._passes, path, t) for path, t in found)
+        self._passes += 1
+        if self.batch_size is None:
+            self.batch_size = _batch_size(args, kwargs)
+            device = next((t.device.type for _, t in found), "cpu")
+            if torch.is_autocast_enabled(device):
+                self.autocast_dtype = str(torch.get_autocast_dtype(device)).replace("torch.", "")
+
+    def end_step(self, step: int, nonfinite: bool | None) -> dict[str, Any] | None:
+        """Close ``step``: check its inputs if its norms are non-finite (``nonfinite`` True),
+        keep them for the flush if the host does not know yet (None), drop them if finite."""
+        current, passes = self._current, self._passes
+        self._current, self._passes = [], 0
+        if passes:
+            self.micro_batches = passes
+        if nonfinite is None:
+            self._unflushed[step] = current
+            return None
+        return self._check(step, current, passes) if nonfinite else None
+
+    def flush(self, steps: list[int], nonfinite: list[bool]) -> list[dict[str, Any]]:
+        """At a flush: check the kept inputs of the steps now known to be non-finite."""
+        out = []
+        for step, bad in zip(steps, nonfinite):
+            kept = self._unflushed.pop(step, None)
+            if bad and kept is not None:
+                event = self._check(step, kept, self.micro_batches or 1)
+                if event is not None:
+                    out.append(event)
+        self._unflushed.clear()
+        return out
+
+    def _check(self, step: int, inputs: list[tuple[int, str, Tensor]], passes: int) -> dict[str, Any] | None:
+        if not inputs:
+            return None
+        with torch.no_grad():
+            flags = torch.stack([torch.isfinite(t.detach()).all().to("cpu") for _, _, t in inputs]).tolist()
+        bad = [(p, path, t) for (p, path, t), ok in zip(inputs, flags) if not ok]
+        if not bad:
+            return None
+        first_pass, path, tensor = bad[0]
+        what = f"{path} (shape {tuple(tensor.shape)}, {str(tensor.dtype).replace('torch.', '')})"
+        if passes > 1:
+            what += f" of micro-batch {first_pass + 1} of {passes}"
+        return {"step": step, "kind": "nonfinite_input", "what": what, "inputs": sorted({p for _, p, _ in bad})}
+
+    def summary(self) -> dict[str, Any]:
+        """What the rules read as ``meta["inputs"]``."""
+        dtypes = sorted({str(p.dtype).replace("torch.", "") for p in self.model.parameters() if p.is_floating_point()})
+        return {"batch_size": self.batch_size, "micro_batches": self.micro_batches, "autocast_dtype": self.autocast_dtype, "param_dtypes": dtypes}
+
+    def close(self) -> None:
+        self._handle.remove()
+        self._current.clear()
+        self._unflushed.clear()
