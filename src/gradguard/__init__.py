@@ -36,7 +36,7 @@ _EXPORTS = {
     "Diagnosis": "gradguard._inspect",
     "LayerRow": "gradguard._inspect",
     "inspect": "gradguard._inspect",
-    "locate_nonfinite": "gradguard._locate",
+    "locate_nonfinite": "gradguard._probes._locate",
     "GradNorms": "gradguard._norms",
     "grad_norms": "gradguard._norms",
     "group_norms": "gradguard._norms",
@@ -71,6 +71,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from gradguard._guard import Guard, StepInfo
     from gradguard._history import History
     from gradguard._inspect import Diagnosis, LayerRow, inspect
-    from gradguard._locate import locate_nonfinite
+    from gradguard._probes._locate import locate_nonfinite
     from gradguard._norms import GradNorms, grad_norms, group_norms, unitwise_norm
     from gradguard._store import RunStore
