@@ -272,7 +272,7 @@ def test_ctrl_c_during_lab_run_exits_130_and_says_how_to_resume(tmp_path, monkey
 
 def _run_module(args, **kwargs):
     env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, *args], env=env, capture_output=kwargs.pop("capture_output", True), text=True, timeout=300, **kwargs)
+    return subprocess.run([sys.executable, *args], check=False, env=env, capture_output=kwargs.pop("capture_output", True), text=True, timeout=300, **kwargs)
 
 
 def test_a_closed_stdout_is_silent():
@@ -312,3 +312,32 @@ def test_the_version_has_one_source():
     pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert 'attr = "gradguard._version.__version__"' in pyproject
     assert f'version = "{__version__}"' not in pyproject
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_during_a_parallel_lab_run(tmp_path):
+    """SIGINT to the whole process group (what Ctrl-C sends) once a first job is written: exit
+    130, the resume hint as the only line, no traceback from the runner or its workers, and the
+    finished jobs kept for the rerun."""
+    import signal
+    import time
+
+    out = tmp_path / "res"
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gradguard", "lab", "run", "clipping", "--out", str(out), "--device", "cpu", "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a shell may start us with SIGINT ignored
+    )
+    deadline = time.monotonic() + 240
+    jobs = out / "clipping" / "quick" / "jobs"
+    while not (jobs.is_dir() and any(jobs.glob("*.json"))) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if proc.poll() is not None:
+        pytest.skip("the run finished before it could be interrupted")
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1] == "interrupted: rerun the same command to resume"
+    assert any(jobs.glob("*.json"))

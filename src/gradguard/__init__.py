@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from gradguard._version import __version__
+from gradguard._version import __version__  # noqa: F401 - eager: the CLI's --version reads it
 
 # Public name -> the private module that defines it. Imported on first use (PEP 562), so that
 # `gradguard --help` and `--version`, which live in this package, do not pay for importing torch.
@@ -45,7 +45,35 @@ _EXPORTS = {
 }
 _SUBMODULES = ("rnn",)
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+__all__ = [
+    "AGC",
+    "AutoClip",
+    "ClipNorm",
+    "ClipStats",
+    "ClipTensorNorm",
+    "ClipValue",
+    "Clipper",
+    "Diagnosis",
+    "Finding",
+    "GradGuardError",
+    "GradGuardWarning",
+    "GradNorms",
+    "Guard",
+    "History",
+    "LayerRow",
+    "MissingDependencyError",
+    "NonFiniteGradientError",
+    "RunStore",
+    "StepInfo",
+    "ZClip",
+    "grad_norms",
+    "group_norms",
+    "inspect",
+    "locate_nonfinite",
+    "make_clipper",
+    "rnn",
+    "unitwise_norm",
+]
 
 
 def __getattr__(name: str):
@@ -65,8 +93,23 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from gradguard import rnn
-    from gradguard._clipping import AGC, AutoClip, ClipNorm, ClipStats, ClipTensorNorm, ClipValue, Clipper, ZClip, make_clipper
-    from gradguard._errors import GradGuardError, GradGuardWarning, MissingDependencyError, NonFiniteGradientError
+    from gradguard._clipping import (
+        AGC,
+        AutoClip,
+        ClipNorm,
+        Clipper,
+        ClipStats,
+        ClipTensorNorm,
+        ClipValue,
+        ZClip,
+        make_clipper,
+    )
+    from gradguard._errors import (
+        GradGuardError,
+        GradGuardWarning,
+        MissingDependencyError,
+        NonFiniteGradientError,
+    )
     from gradguard._finding import Finding
     from gradguard._guard import Guard, StepInfo
     from gradguard._history import History

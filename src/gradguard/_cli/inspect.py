@@ -58,7 +58,7 @@ def load_factory(target: str):
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise UsageError(f"cannot import {module_name!r}: no such module on the path (run from the folder that holds it, or set PYTHONPATH).") from None
         raise raised(f"importing {module_name!r}", exc) from None
-    except Exception as exc:  # the user's module has a syntax error or raises on import
+    except Exception as exc:  # noqa: BLE001 - the user's module has a syntax error or raises on import
         raise raised(f"importing {module_name!r}", exc) from None
     if not hasattr(module, attr):
         from gradguard._errors import suggest
@@ -87,7 +87,7 @@ def build_model(target: str, factory):
             )
     try:
         model = factory()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the user's factory raises, reported in one line
         raise raised(target, exc) from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"{target} returned {type(model).__name__}, not an nn.Module.")
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     def forward():
         try:
             out = model(x)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever the user's forward raises, reported in one line
             error = raised(f"the forward pass of {args.target} on input of shape {list(shape)}", exc)
             raise UsageError(f"{error}; check --input-shape (batch first) against what the model expects.") from None
         out = out[0] if isinstance(out, (tuple, list)) else out

@@ -65,17 +65,17 @@ def check_override_values(plans, overrides: dict[str, str]) -> None:
     (steps, batch, hidden...) stays >= 1 and a rate stays > 0, so steps=-5 is refused."""
     for plan in plans:
         preset = plan.experiment.presets[plan.preset]
-        for key in overrides:
+        for key, text in overrides.items():
             value, default = getattr(plan.config, key), getattr(preset, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not isinstance(default, (int, float)):
                 continue
             if not math.isfinite(value):
-                raise UsageError(f"--set {key}={overrides[key]}: {key} must be a finite number (the {plan.preset} preset of {plan.experiment.name} has {default}).")
+                raise UsageError(f"--set {key}={text}: {key} must be a finite number (the {plan.preset} preset of {plan.experiment.name} has {default}).")
             if default > 0 and value <= 0:
                 bound = "at least 1" if isinstance(default, int) else "> 0"
-                raise UsageError(f"--set {key}={overrides[key]}: {key} must be {bound} (the {plan.preset} preset of {plan.experiment.name} has {default}).")
+                raise UsageError(f"--set {key}={text}: {key} must be {bound} (the {plan.preset} preset of {plan.experiment.name} has {default}).")
             if default >= 0 and value < 0:
-                raise UsageError(f"--set {key}={overrides[key]}: {key} must be >= 0 (the {plan.preset} preset of {plan.experiment.name} has {default}).")
+                raise UsageError(f"--set {key}={text}: {key} must be >= 0 (the {plan.preset} preset of {plan.experiment.name} has {default}).")
 
 
 def _parse_overrides(items: list[str]) -> dict[str, str]:
