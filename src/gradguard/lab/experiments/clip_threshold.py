@@ -122,13 +122,27 @@ def judge(cfg: Config, jobs: list[dict]) -> Verdict:
     failed = [k for k, ok in checks.items() if not ok]
     if failed:
         summary += "; not met: " + ", ".join(failed)
+    # The lower edge: thresholds a decade or more below the range, at the same number of steps.
+    # Reported, not judged: Pascanu et al. say the range "can still yield convergence", not that
+    # smaller thresholds fail, and tiny thresholds are plain SGD with a tiny, normalised step.
+    far_below = [t for t in cfg.thresholds if t <= 0.1 * low]
+    best_inside = min((mse[t] for t in inside), default=math.inf)
+    lower_edge = bool(far_below) and all(mse[t] > best_inside * (1 + cfg.improvement) for t in far_below)
+    if far_below:
+        words = "worse" if lower_edge else "NOT all worse"
+        summary += (f"; lower edge: thresholds far below the range ({', '.join(f'{t:g}' for t in far_below)}: test MSE "
+                    f"{', '.join(f'{mse[t]:.3g}' for t in far_below)}) are {words} than the best in range ({best_inside:.3g}) at {cfg.steps} steps")
+    else:
+        summary += "; lower edge not tested: no threshold a decade below the range"
     return Verdict(
         not failed,
         "with the probe's average norm m: the sweep's pick and gradguard's recommendation lie in [0.5 m, 10 m]; the recommendation "
-        "and every swept threshold in that range end with a median test MSE below the persistence forecast's",
+        "and every swept threshold in that range end with a median test MSE below the persistence forecast's. Reported beside, not judged: "
+        "whether thresholds a decade or more below 0.5 m end worse than the best one in range at the same step count (the lower edge)",
         summary,
         {"median_test_mse": {f"{t:g}": v for t, v in mse.items()}, "average_norm": mean_norm, "pascanu_range": [low, high], "sweep_pick": pick,
-         "recommended": rec, "recommended_test_mse": rec_mse, "persistence_mse": persistence, "checks": checks},
+         "recommended": rec, "recommended_test_mse": rec_mse, "persistence_mse": persistence, "checks": checks,
+         "far_below_range": [f"{t:g}" for t in far_below], "lower_edge_worse": lower_edge},
         headline=f"0.5-10x mean norm = [{low:.2g}, {high:.2g}]; sweep picks {pick:g}, gradguard {rec:.2g}; {len(converged_inside)}/{len(inside)} in range converge",
     )
 

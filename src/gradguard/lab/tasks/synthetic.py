@@ -123,7 +123,7 @@ class Adding(Task):
         if self.variant == "modern":
             return Baseline("predict 1", 1 / 6, 1 / 6, "Arjovsky et al. 2016 §4.2: expected MSE 0.167, the variance of a sum of two uniforms")
         if self.variant == "pascanu":
-            return Baseline("predict 0.5", 1 / 24, 0.36, "Pascanu et al. 2013 addition.py; P(|a+b-1| > 0.4) = 0.36 (papers.md §1.4)")
+            return Baseline("predict 0.5", 1 / 24, 0.36, "Pascanu et al. 2013 addition.py; P(|a+b-1| > 0.4) = 0.36, computed")
         # The first pair is marked by X1 one time in ten, by X2 one time in (T/2 - 1) of the rest;
         # its value then counts as 0. MSE = Var[(X1 + X2)/4]; "right" = P(|X1 + X2| < 0.16), for a
         # triangular sum of two uniforms or, when one is 0, a single uniform.
