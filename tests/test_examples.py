@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,9 @@ def test_wandb_offline_example_finds_dead_units_and_writes_the_run(tmp_path):
     (run,) = runs(run_example("wandb_offline.py", tmp_path, steps=20))
     assert "DEAD_UNITS" in codes(run)
     (offline,) = (tmp_path / "out" / "wandb").glob("offline-run-*")
+    deadline = time.monotonic() + 60  # W&B's service process may still be writing the run's files
+    while not list(offline.glob("files/media/table/gradguard/findings_*.table.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
     (table,) = offline.glob("files/media/table/gradguard/findings_*.table.json")
     rows = json.loads(table.read_text())["data"]
     assert "DEAD_UNITS" in [row[1] for row in rows]

@@ -9,6 +9,7 @@ import math
 import re
 import struct
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -120,15 +121,24 @@ def test_findings_markdown_escapes_table_cells():
 
 
 # ---------------------------------------------------------------------------- W&B, offline
-def wandb_records(run_dir):
-    """History rows, summary updates and alerts of an offline W&B run, from its .wandb file
-    (a LevelDB-style log of protobuf records: 32 KiB blocks, 7-byte record headers)."""
+def wandb_records(run_dir, wait_s: float = 60.0):
+    """History rows and alerts of an offline W&B run, from its .wandb file (a LevelDB-style log
+    of protobuf records: 32 KiB blocks, 7-byte record headers). W&B's service process writes the
+    file behind ``run.finish()``; the run is complete once its exit record is there."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        out, complete = _parse_wandb_file(next(run_dir.glob("run-*.wandb")))
+        if complete or time.monotonic() > deadline:
+            return out
+        time.sleep(0.2)
+
+
+def _parse_wandb_file(path):
     from wandb.proto import wandb_internal_pb2 as pb
 
-    (path,) = run_dir.glob("run-*.wandb")
     data = path.read_bytes()
     assert data[:4] == b":W&B"
-    pos, pending, out = 7, b"", {"history": [], "alert": []}
+    pos, pending, out, complete = 7, b"", {"history": [], "alert": []}, False
     while pos + 7 <= len(data):
         if 32768 - pos % 32768 < 7:
             pos += 32768 - pos % 32768
@@ -146,7 +156,8 @@ def wandb_records(run_dir):
                 out["history"].append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
             elif which == "alert":
                 out["alert"].append((record.alert.title, record.alert.level, record.alert.text))
-    return out
+            complete = complete or which == "exit"
+    return out, complete
 
 
 @pytest.fixture

@@ -90,3 +90,44 @@ def test_clean_name_drops_exactly_the_private_components(parts):
     cleaned = clean_name(".".join(parts))
     assert cleaned == ".".join(p for p in parts if p not in PRIVATE_WRAPPER_COMPONENTS)
     assert clean_name(cleaned) == cleaned  # idempotent
+
+
+def guarded_step(model: nn.Module, inner: nn.Module, tmp_path, name: str):
+    import gradguard as gg
+
+    guard = gg.Guard(model, probes="business", store=tmp_path / f"{name}.sqlite")
+    opt = torch.optim.SGD(inner.parameters(), lr=0.1)
+    model(torch.randn(4, 4, generator=torch.Generator().manual_seed(0))).pow(2).mean().backward()
+    inner[0].weight.grad[0, 0] = float("nan")  # a skipped step: its event names the parameters
+    guard.step(opt)
+    guard.close()
+    return guard
+
+
+def names_in(event) -> dict:
+    """An event's kind and the module and parameter names it holds."""
+    fields = event.to_dict() if hasattr(event, "to_dict") else dict(event)
+    return {k: v for k, v in fields.items() if k in ("kind", "modules", "parameters", "where", "first_module")}
+
+
+def test_guard_reports_the_plain_names_for_a_wrapped_model(tmp_path):
+    plain_model, wrapped_inner = net(), net()
+    plain = guarded_step(plain_model, plain_model, tmp_path, "plain")
+    wrapped = guarded_step(nn.DataParallel(wrapped_inner), wrapped_inner, tmp_path, "wrapped")
+    assert wrapped.module_names == plain.module_names == ["0", "2.0", "3"]
+    assert wrapped.model is wrapped_inner and wrapped.name == "Sequential"
+    data, reference = wrapped.run_data(), plain.run_data()
+    assert sorted(data.records) == sorted(reference.records)
+    for metric, entries in reference.records.items():
+        assert [sorted(v) for _, v in data.records[metric]] == [sorted(v) for _, v in entries], metric
+    assert [names_in(e) for e in data.events] == [names_in(e) for e in reference.events]
+    assert [(f.code, f.where) for f in wrapped.findings()] == [(f.code, f.where) for f in plain.findings()]
+
+
+def test_guard_module_names_are_the_same_under_torch_compile():
+    import gradguard as gg
+
+    plain, compiled = gg.Guard(net()), gg.Guard(torch.compile(net()))  # no forward: nothing is compiled
+    assert compiled.module_names == plain.module_names and compiled.name == plain.name
+    plain.close()
+    compiled.close()

@@ -34,6 +34,7 @@ from gradguard._grads import CachedCollector, GradBatch
 from gradguard._grouping import Grouping
 from gradguard._history import Chunk
 from gradguard._monitor import Monitor
+from gradguard._names import unwrap
 from gradguard._norms import GradNorms, batch_norms
 from gradguard._policy import POLICIES, NonfinitePolicy
 from gradguard._probes import Probe, build_probes, resolve_periods, resolve_probes
@@ -116,7 +117,7 @@ class Guard:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Guard needs the nn.Module being trained, got {type(model).__name__}.")
-        self.model = model
+        self.model = model = unwrap(model)  # torch.compile/DDP wrappers off: names as the user wrote them
         self.clipper = resolve_clipper(clip)
         self.nonfinite = check_choice("nonfinite", nonfinite, POLICIES)
         self.max_consecutive_skips = check_int("max_consecutive_skips", max_consecutive_skips, minimum=0)

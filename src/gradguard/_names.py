@@ -5,7 +5,9 @@ Wrappers insert a component into every name: ``torch.compile`` (``OptimizedModul
 ``_fsdp_wrapped_module.`` at each wrapped level, and activation checkpointing adds
 ``_checkpoint_wrapped_module.``. The same layer would then carry a different name under
 compilation, under DDP, and in a plain run, so reports and dashboards of two runs could not be
-compared. Every name gradguard prints, stores or logs goes through this module.
+compared. Guard unwraps the model it is given (``unwrap``), so its history, run store, probes,
+findings, reports and loggers use the user's names; ``clean_name``, ``named_modules`` and
+``named_parameters`` also strip the components of wrappers nested inside the model.
 
 ``module.`` is a common attribute name, so it is stripped only where a DDP or DataParallel
 wrapper put it (recognised by type); the private ``_orig_mod``, ``_fsdp_wrapped_module`` and

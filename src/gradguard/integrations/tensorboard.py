@@ -19,6 +19,8 @@ Tags (the same whichever way it is fed):
     steps/skipped         cumulative count of skipped (non-finite) steps
     loss                  when a loss was given
     grad_norm/<module>    per-module norms, for modules that pass ``module_filter``
+    gradguard/findings    text (TEXT tab): ``tb.log_findings(guard.findings())`` writes them as a
+                          Markdown table, most urgent first
 
 The names and the arithmetic (``clip/coef`` is the clipper's own coefficient) come from
 ``gradguard._metrics.metrics``, which every logger shares. A skipped step has no finite norm: its norms and coefficient are not written (a NaN would break
@@ -104,6 +106,7 @@ class TensorBoardLogger:
             raise TypeError(f"TensorBoardLogger needs a log directory or a SummaryWriter, got {type(log_dir_or_writer).__name__}.")
         self._recent: deque[tuple[bool, bool]] = deque(maxlen=self.window)  # (clipped, skipped) per step
         self.skipped = 0
+        self._last_step = 0
 
     # ------------------------------------------------------------------ Guard
     def __call__(self, chunk) -> None:
@@ -150,6 +153,7 @@ class TensorBoardLogger:
         """Count the step in the running window, and write it if ``every`` says so."""
         self._recent.append((bool(row["clipped"]), bool(row["skipped"])))
         self.skipped += int(bool(row["skipped"]))
+        self._last_step = step  # where log_findings writes by default
         if step % self.every:
             return
         clipped, skipped = zip(*self._recent)
@@ -191,5 +195,5 @@ class TensorBoardLogger:
         (TensorBoard's TEXT tab), at ``step`` (default: the last step seen)."""
         from gradguard.integrations._loggers import findings_markdown
 
-        at = step if step is not None else (getattr(self, "_last_step", None) or 0)
+        at = step if step is not None else self._last_step
         self.writer.add_text("gradguard/findings", findings_markdown(findings), at)
