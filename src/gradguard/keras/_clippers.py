@@ -281,7 +281,7 @@ class ZClip(KerasClipper):
 def resolve(clip: Any) -> KerasClipper | None:
     """``clip`` as ``gg.Guard`` takes it (None, a number, a registry name, a clipper object)."""
     from gradguard import _clipping as torch_clipping
-    from gradguard._guard import resolve_clipper
+    from gradguard._stepinfo import resolve_clipper
 
     c = resolve_clipper(clip)
     if c is None:
