@@ -21,10 +21,10 @@ keras = pytest.importorskip("keras", reason="needs Keras 3: python -m pip instal
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - keras was imported earlier with another backend
     pytest.skip(f"Keras runs on {keras.backend.backend()} in this process; these tests need tensorflow", allow_module_level=True)
 
-import gradguard as gg  # noqa: E402
-from gradguard import NonFiniteGradientError  # noqa: E402
-from gradguard._rundata import RunData  # noqa: E402
-from gradguard.keras import ActivationProbe, GuardOptimizer  # noqa: E402
+import gradguard as gg
+from gradguard import NonFiniteGradientError
+from gradguard._rundata import RunData
+from gradguard.keras import ActivationProbe, GuardOptimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def same_bits(a, b):
 # ---------------------------------------------------------------------- import and arguments
 def test_import_gradguard_does_not_import_keras_or_tensorflow():
     code = "import sys, gradguard; bad = [m for m in ('keras', 'tensorflow') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -269,7 +269,7 @@ def test_store_findings_and_cli_report_on_a_keras_run(tmp_path):
         assert [f.code for f in s.findings()] == codes
     out = tmp_path / "report.md"
     proc = subprocess.run([sys.executable, "-m", "gradguard", "report", str(store), "-o", str(out), "--format", "md"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+                          check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "NONFINITE" in out.read_text()
 

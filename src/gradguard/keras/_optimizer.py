@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +43,7 @@ def layer_of(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path else path
 
 
+@keras.saving.register_keras_serializable(package="gradguard")
 class GuardOptimizer(keras.optimizers.Optimizer):
     """A Keras optimizer that measures, clips and skips non-finite steps, then steps ``optimizer``.
 
