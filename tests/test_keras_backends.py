@@ -15,8 +15,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-HAS_KERAS = importlib.util.find_spec("keras") is not None
-HAS_TF = importlib.util.find_spec("tensorflow") is not None
+
+
+def installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a module blocked or half-installed counts as missing
+        return False
+
+
+HAS_KERAS = installed("keras")
+HAS_TF = installed("tensorflow")
 needs_keras = pytest.mark.skipif(not HAS_KERAS, reason="needs Keras 3: python -m pip install 'gradguard[keras]'")
 needs_tf = pytest.mark.skipif(not (HAS_KERAS and HAS_TF), reason="needs TensorFlow: python -m pip install 'gradguard[keras,tf]'")
 
@@ -42,7 +51,7 @@ def test_torch_backend_custom_loop_and_fit():
 
 @needs_keras
 def test_jax_backend_is_refused_with_a_clear_error():
-    if importlib.util.find_spec("jax") is None:
+    if not installed("jax"):
         pytest.skip("JAX is not installed; on JAX GuardOptimizer raises NotImplementedError (no stateless_apply yet)")
     code = "import keras; from gradguard.keras import GuardOptimizer; GuardOptimizer(keras.optimizers.Adam())"
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT / "src")}
