@@ -243,7 +243,11 @@ class GuardOptimizer(keras.optimizers.Optimizer):
         return due
 
     def _host_hook(self) -> None:
-        """Hand rows to the host when due: directly when eager, by a py_function in a TF graph."""
+        """Hand rows to the host when due: directly when eager, by a py_function in a TF graph.
+
+        Under a tf.distribute strategy ``_tf.distributed_update`` calls it once, in its
+        cross-replica ``merge_call``, so the host reads once and not once per replica.
+        """
         tf = _tf_module()
         if tf is None or tf.executing_eagerly():
             if bool(ops.convert_to_numpy(self._due())):  # eager: the cond above read the skip flag already
@@ -251,12 +255,7 @@ class GuardOptimizer(keras.optimizers.Optimizer):
             return
         if tf.in_xla():
             return  # XLA compiles no host callback: rows wait on the device (see buffer_steps)
-        tf.host_call(self._due(), self._on_host, [self._step, self._ring, self._bad])
-
-    def _host_hook_cross_replica(self) -> None:
-        tf = _tf_module()
-        if not tf.executing_eagerly() and not tf.in_xla():
-            tf.host_call(self._due(), self._on_host, [self._step.value, self._ring.value, self._bad.value])
+        tf.host_call(self._due(), self._on_host, [ops.convert_to_tensor(v) for v in (self._step, self._ring, self._bad)])
 
     def _on_host(self, step, ring, bad) -> None:
         names = [n for n, b in zip(self.variable_names, np.asarray(bad).tolist()) if b]
