@@ -108,7 +108,11 @@ def _contenders(tf, keras, build, batch, loss_fn):
 
 
 def run(cfg: Config) -> list[Table]:
-    if importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None:
+    try:
+        missing = importlib.util.find_spec("keras") is None or importlib.util.find_spec("tensorflow") is None
+    except (ImportError, ValueError):
+        missing = True
+    if missing:
         print("(keras_step: skipped, needs the keras and tf extras: python -m pip install 'gradguard[keras,tf]')\n", flush=True)
         return []
     tf, keras = _tf()

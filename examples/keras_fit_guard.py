@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import keras
+import numpy as np
 
-import gradguard as gg  # noqa: E402
-from gradguard.keras import ActivationProbe, GuardOptimizer  # noqa: E402
+import gradguard as gg
+from gradguard.keras import ActivationProbe, GuardOptimizer
 
 
 @dataclass

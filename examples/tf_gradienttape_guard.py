@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-import gradguard as gg  # noqa: E402
-from gradguard.keras import GuardOptimizer  # noqa: E402
+import gradguard as gg
+from gradguard.keras import GuardOptimizer
 
 
 @dataclass

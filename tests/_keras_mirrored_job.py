@@ -6,14 +6,14 @@ import sys
 
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import keras  # noqa: E402
+import keras
 
-from gradguard.keras import GuardOptimizer  # noqa: E402
+from gradguard.keras import GuardOptimizer
 
 jit = sys.argv[1] == "jit" if len(sys.argv) > 1 else False
 

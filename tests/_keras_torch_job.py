@@ -3,12 +3,12 @@
 import os
 
 os.environ["KERAS_BACKEND"] = "torch"
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import keras
+import numpy as np
+import torch
 
-import gradguard as gg  # noqa: E402
-from gradguard.keras import GuardOptimizer  # noqa: E402
+import gradguard as gg
+from gradguard.keras import GuardOptimizer
 
 assert keras.backend.backend() == "torch"
 keras.utils.set_random_seed(0)

@@ -21,9 +21,10 @@ keras = pytest.importorskip("keras", reason="needs Keras 3: python -m pip instal
 if keras.backend.backend() != "tensorflow":  # pragma: no cover - keras was imported earlier with another backend
     pytest.skip(f"Keras runs on {keras.backend.backend()} in this process; these tests need tensorflow", allow_module_level=True)
 
-import gradguard as gg  # noqa: E402
-from gradguard import NonFiniteGradientError  # noqa: E402
-from gradguard.keras import ActivationProbe, GuardOptimizer  # noqa: E402
+import gradguard as gg
+from gradguard import NonFiniteGradientError
+from gradguard._rundata import RunData
+from gradguard.keras import ActivationProbe, GuardOptimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ def same_bits(a, b):
 # ---------------------------------------------------------------------- import and arguments
 def test_import_gradguard_does_not_import_keras_or_tensorflow():
     code = "import sys, gradguard; bad = [m for m in ('keras', 'tensorflow') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -91,6 +92,9 @@ def test_norms_match_tf_global_norm_and_per_layer_norms():
     np.testing.assert_allclose(h.module_norms, [e[1] for e in expected], rtol=1e-6)
     assert h.module_names == opt.layer_names and len(h.module_names) == 3
     np.testing.assert_array_equal(h.norm_after, h.norm_before)  # no clipper: nothing changes
+    np.testing.assert_allclose(h.column("lr"), 0.01, rtol=1e-6)
+    np.testing.assert_array_equal(h.column("coef"), 1.0)
+    assert np.isnan(h.loss).all()  # an optimizer never sees the loss
 
 
 # ---------------------------------------------------------------------- skipping
@@ -213,11 +217,11 @@ def test_jit_compile_rows_wait_on_the_device_and_the_callback_reads_them():
     model.compile(optimizer=opt, loss="mse", jit_compile=True)
     x, y = data(80)
     model.fit(x, y, batch_size=4, verbose=0, callbacks=[opt.callback()])
-    assert len(opt.history) == 20 and opt._recorder.lost == 0
+    assert len(opt.history) == 20 and opt._feed.lost == 0
     model.fit(x, y, batch_size=4, verbose=0)  # no callback: 20 steps overflow the 8-row ring
     with pytest.warns(gg.GradGuardWarning, match="overwritten"):
         opt.flush()
-    assert opt.history.step[-1] == 40 and opt._recorder.lost == 12
+    assert opt.history.step[-1] == 40 and opt._feed.lost == 12
 
 
 # ---------------------------------------------------------------------- adaptive state
@@ -253,14 +257,19 @@ def test_store_findings_and_cli_report_on_a_keras_run(tmp_path):
     assert "NONFINITE" in codes
     html = opt.report(tmp_path / "run.html")
     assert "NONFINITE" in html.read_text()
+    in_memory = opt.run_data()
     opt.close()
     with gg.RunStore(store) as s:
+        stored = RunData.from_store(s)
+        for name in ("norm_before", "norm_after", "threshold", "coef", "clipped", "skipped", "lr"):
+            np.testing.assert_array_equal(stored.scalars[name], in_memory.scalars[name], err_msg=name)
+        np.testing.assert_array_equal(stored.grad_norms, in_memory.grad_norms)
         steps = s.steps()
         assert len(steps["step"]) == 8 and steps["skipped"].tolist() == [False, True] + [False] * 6
         assert [f.code for f in s.findings()] == codes
     out = tmp_path / "report.md"
     proc = subprocess.run([sys.executable, "-m", "gradguard", "report", str(store), "-o", str(out), "--format", "md"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
+                          check=False, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "NONFINITE" in out.read_text()
 

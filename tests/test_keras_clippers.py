@@ -21,9 +21,9 @@ keras = pytest.importorskip("keras", reason="needs Keras 3: python -m pip instal
 if keras.backend.backend() != "tensorflow":  # pragma: no cover
     pytest.skip("these tests need Keras on tensorflow", allow_module_level=True)
 
-import gradguard as gg  # noqa: E402
-from gradguard.keras._clippers import resolve  # noqa: E402
-from gradguard.keras._measure import measure  # noqa: E402
+import gradguard as gg
+from gradguard.keras._clippers import resolve
+from gradguard.keras._measure import measure
 
 SHAPES = [(4, 3), (3,), (3, 2), (2,)]  # d0 kernel, d0 bias, d1 kernel, d1 bias (Keras layout)
 TORCH_NAMES = ["d0.weight", "d0.bias", "d1.weight", "d1.bias"]

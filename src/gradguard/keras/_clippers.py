@@ -176,12 +176,11 @@ class AutoClip(KerasClipper):
 
     name = "autoclip"
 
-    def __init__(self, percentile: float, decay: float | None, low: float, high: float, bins_per_decade: int):
+    def __init__(self, percentile: float, decay: float | None, log_low: float, n_bins: int, bins_per_decade: int):
+        # The histogram layout is taken from gg.AutoClip's, so both bin a norm alike.
         self.q = float(percentile) / 100.0
         self.decay = decay
-        self.log_low = math.log10(low)
-        self.bins_per_decade = int(bins_per_decade)
-        self.n_bins = int(round((math.log10(high) - self.log_low) * self.bins_per_decade))
+        self.log_low, self.n_bins, self.bins_per_decade = float(log_low), int(n_bins), int(bins_per_decade)
 
     def build(self, optimizer, variables) -> None:
         super().build(optimizer, variables)
@@ -281,7 +280,7 @@ class ZClip(KerasClipper):
 def resolve(clip: Any) -> KerasClipper | None:
     """``clip`` as ``gg.Guard`` takes it (None, a number, a registry name, a clipper object)."""
     from gradguard import _clipping as torch_clipping
-    from gradguard._guard import resolve_clipper
+    from gradguard._stepinfo import resolve_clipper
 
     c = resolve_clipper(clip)
     if c is None:
@@ -298,7 +297,7 @@ def resolve(clip: Any) -> KerasClipper | None:
         return AGC(c.clipping, c.eps, c.exclude)
     if isinstance(c, torch_clipping.AutoClip):
         h = c._history
-        return AutoClip(c.percentile, c.decay, 10.0**h.log_low, 10.0 ** (h.log_low + h.n_bins / h.bins_per_decade), h.bins_per_decade)
+        return AutoClip(c.percentile, c.decay, h.log_low, h.n_bins, h.bins_per_decade)
     if isinstance(c, torch_clipping.ZClip):
         return ZClip(c.alpha, c.z_thresh, c.warmup_steps, c.max_grad_norm, c.eps, c.mode, c.clip_option, c.clip_factor, c.skip_update_on_spike)
     raise TypeError(

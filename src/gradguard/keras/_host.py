@@ -1,14 +1,20 @@
-"""The host side of a Keras run: device rows in, history, run store, events and findings out.
+"""The host side of a Keras run: device rows in, gradguard's ``Recorder`` (history, run store,
+events, findings) out.
 
 The optimizer keeps one row per step on the device (see ``_optimizer``); every ``log_every``
-steps the rows since the last read cross to the host in one transfer and land here as numpy.
-From then on a Keras run is like any other: the same ``Chunk``, ``History`` and ``RunStore`` as
-``gg.Guard``, so ``gradguard report`` and the diagnosis rules read it unchanged.
+steps the rows since the last read cross to the host in one transfer and are handed, as numpy
+columns, to the core's ``Recorder.add_chunk``: the same path, history, run store and
+``RunData`` as ``gg.Guard``'s, so ``gradguard report``, the rules and the report read a Keras run
+unchanged.
+
+Threads. In a TensorFlow graph the rows arrive on a runtime thread (through ``tf.py_function``),
+and an SQLite connection belongs to the thread that opened it. The recorder therefore lives on
+one writer thread of its own: every call into it goes through ``call``, which runs it there and
+waits for it (a few milliseconds every ``log_every`` steps).
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,30 +23,33 @@ from typing import Any
 import numpy as np
 
 from gradguard._errors import GradGuardWarning, NonFiniteGradientError
-from gradguard._history import SCALARS, Chunk, History
+from gradguard._events import SkipEvent
 from gradguard._policy import message
-from gradguard._rundata import RunData
+from gradguard._recorder import Recorder
 from gradguard._store import RunStore
 
+# The per-step columns each device row holds, in order (names from _rundata.STEP_COLUMNS; the
+# loss is not seen by an optimizer and reads as not measured), then one norm per layer.
+DEVICE_COLUMNS = ("norm_before", "norm_after", "threshold", "coef", "clipped", "skipped", "lr")
 
-class Recorder:
-    """Turns the device ring of step rows into chunks, and checks the consecutive-skip limit."""
 
-    def __init__(self, group_names: list[str], store: str | Path | RunStore | None, meta: dict[str, Any], max_history: int | None):
-        self.group_names = list(group_names)
-        self.history = History(self.group_names, max_history)
-        self.meta = dict(meta)
-        self.records: dict[str, list[tuple[int, dict[str, float]]]] = {}
-        self.events: list[dict[str, Any]] = []
-        self.read_until = 0  # last step handed to the history
+class RunFeed:
+    """Turns the device ring of step rows into the Recorder's chunks; checks the consecutive-skip limit."""
+
+    def __init__(self, layer_names: list[str], store: str | Path | RunStore | None, meta: dict[str, Any], max_history: int | None):
+        self.layer_names = list(layer_names)
+        self.read_until = 0  # last step handed to the recorder
         self.run_length = 0  # skipped steps in a row at read_until
-        self.lost = 0
-        # The store lives on one writer thread: in a TF graph the rows arrive on a runtime thread
-        # (py_function), and an SQLite connection belongs to the thread that opened it.
+        self.lost = 0  # steps overwritten on the device before the host read them
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gradguard-store")
-        self._failed = False
-        self.store_path = _store_path(store)
-        self.store = self._writer.submit(_open, self.store_path, self.meta).result() if self.store_path is not None else None
+        path = _store_path(store)
+        self.recorder: Recorder = self.call(_make_recorder, self.layer_names, path, meta, max_history)
+
+    def call(self, fn, *args, **kwargs):
+        """Run ``fn`` on the recorder's thread and return its result (here, once the store is closed)."""
+        if self._writer is None:
+            return fn(*args, **kwargs)
+        return self._writer.submit(fn, *args, **kwargs).result()
 
     def ingest(self, step: int, ring: np.ndarray, bad_names: list[str], limit: int | None) -> None:
         """Rows for steps (read_until, step]; ``ring[(s - 1) % capacity]`` holds step s."""
@@ -61,14 +70,13 @@ class Recorder:
             first = step - capacity + 1
         steps = np.arange(first, step + 1, dtype=np.int64)
         table = ring[(steps - 1) % capacity].astype(np.float64)
-        k = len(SCALARS)
-        chunk = Chunk(steps, {name: table[:, i] for i, name in enumerate(SCALARS)}, self.group_names, table[:, k:])
+        k = len(DEVICE_COLUMNS)
+        columns = {name: table[:, i] for i, name in enumerate(DEVICE_COLUMNS)}
         self.read_until = step
-        self.history.append(chunk)
-        skipped = chunk.scalars["skipped"] > 0
+        self.call(self.recorder.add_chunk, steps, columns, table[:, k:])
+        skipped = columns["skipped"] > 0
         for s in steps[skipped].tolist():
-            self._event(s, "skip", {"parameters": bad_names})
-        self._write(lambda store: store.write_chunk(chunk))
+            self.call(self.recorder.add_event, SkipEvent(step=s, parameters=list(bad_names)))
         if limit is not None:
             self._check(steps, skipped, bad_names, limit)
 
@@ -78,71 +86,37 @@ class Recorder:
             run = run + 1 if bad else 0
             if run > limit:
                 self.run_length = run
-                if limit == 0 and run == 1:
+                if limit == 0:
                     raise NonFiniteGradientError(message(s, names, limit, first=True), names)
                 raise NonFiniteGradientError(message(s, names, limit, run), names)
         self.run_length = run
 
     def add_records(self, step: int, metric: str, values: dict[str, float]) -> None:
-        """Per-layer probe values (activation statistics) for one step."""
-        values = {k: float(v) for k, v in values.items()}
-        self.records.setdefault(metric, []).append((step, values))
-        self._write(lambda store: store.write_module_stats(step, metric, values))
+        """Per-layer probe values (activation statistics) at one step."""
+        self.call(self.recorder.add_records, step, metric, {k: float(v) for k, v in values.items()})
 
-    def _event(self, step: int, kind: str, payload: dict[str, Any]) -> None:
-        self.events.append({"step": step, "kind": kind, **payload})
-        self._write(lambda store: store.add_event(step, kind, payload))
+    def set_meta(self, **values: Any) -> None:
+        self.call(self.recorder.set_meta, **values)
 
-    def _write(self, fn) -> None:
-        """Queue a write on the store's thread. A failing store never stops training: it warns
-        once (at the next write) and the run continues in memory."""
-        if self.store is None:
-            return
-        if self._failed:
-            warnings.warn(f"gradguard.keras: the run store {self.store_path} failed; the run continues in memory only.", GradGuardWarning, stacklevel=4)
-            self.store = None
-            return
-        self._writer.submit(self._guarded, fn)
+    def run_data(self):
+        return self.call(self.recorder.run_data)
 
-    def _guarded(self, fn) -> None:
-        try:
-            fn(self.store)
-        except Exception:  # noqa: BLE001 - any store failure
-            self._failed = True
-
-    def sync(self) -> None:
-        """Wait until every queued write is in the store."""
-        if self.store is not None:
-            self._writer.submit(lambda: None).result()
-
-    def on_store(self, fn):
-        """Run ``fn(store)`` on the store's thread and return its result (None without a store)."""
-        if self.store is None:
-            return None
-        return self._writer.submit(fn, self.store).result()
-
-    def run_data(self) -> RunData:
-        h = self.history
-        scalars = {name: h.column(name) for name in SCALARS}
-        return RunData(h.step, scalars, list(self.group_names), h.module_norms, self.records, {}, self.events, self.meta)
-
-    def to_store(self, path: str | Path, findings) -> RunStore:
-        store = RunStore(path, meta=self.meta)
-        for chunk in self.history.chunks():
-            store.write_chunk(chunk)
-        for metric, entries in self.records.items():
-            for step, values in entries:
-                store.write_module_stats(step, metric, values)
-        for event in self.events:
-            store.add_event(event["step"], event["kind"], {k: v for k, v in event.items() if k not in ("step", "kind")})
-        store.add_findings(findings)
-        return store
+    def replace_findings(self, findings) -> None:
+        store = self.recorder.store
+        if store is not None:
+            self.call(self.recorder._write, store.replace_findings, findings)
 
     def close(self) -> None:
-        if self.store is not None:
-            self.on_store(lambda store: store.close())
-            self.store = None
-        self._writer.shutdown(wait=True)
+        """Close the store; what was recorded stays readable in memory."""
+        if self._writer is not None:
+            self.call(self.recorder.close)
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
+
+def _make_recorder(layer_names, path: Path | None, meta: dict[str, Any], max_history: int | None) -> Recorder:
+    store = RunStore(path) if path is not None else None
+    return Recorder(layer_names, store=store, max_history=max_history, meta=meta)
 
 
 def _store_path(store: str | Path | RunStore | None) -> Path | None:
@@ -156,9 +130,3 @@ def _store_path(store: str | Path | RunStore | None) -> Path | None:
     if not isinstance(store, (str, Path)):
         raise TypeError(f"store must be a path (e.g. 'run.sqlite') or a gradguard RunStore, got {type(store).__name__}.")
     return Path(store)
-
-
-def _open(path: Path, meta: dict[str, Any]) -> RunStore:
-    return RunStore(path, meta=meta)
-
-

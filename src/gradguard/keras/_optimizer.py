@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +30,9 @@ from keras import ops
 from keras.src import backend as _backend
 
 from gradguard._errors import check_choice, check_int
-from gradguard._history import SCALARS
 from gradguard._policy import POLICIES
 from gradguard.keras import _clippers
-from gradguard.keras._host import Recorder
+from gradguard.keras._host import DEVICE_COLUMNS, RunFeed
 from gradguard.keras._measure import group_norms, measure
 
 _OWN = "only_first_replica"  # replicas hold identical values (reduced gradients): first replica's wins
@@ -45,6 +43,7 @@ def layer_of(path: str) -> str:
     return path.rsplit("/", 1)[0] if "/" in path else path
 
 
+@keras.saving.register_keras_serializable(package="gradguard")
 class GuardOptimizer(keras.optimizers.Optimizer):
     """A Keras optimizer that measures, clips and skips non-finite steps, then steps ``optimizer``.
 
@@ -105,7 +104,7 @@ class GuardOptimizer(keras.optimizers.Optimizer):
         # The wrapper owns loss scaling: gradients are unscaled before they are measured.
         self.loss_scale_factor = optimizer.loss_scale_factor
         optimizer.loss_scale_factor = None
-        self._recorder = None
+        self._feed = None
 
     # ------------------------------------------------------------------ building
     def build(self, var_list):
@@ -116,7 +115,7 @@ class GuardOptimizer(keras.optimizers.Optimizer):
         position = {name: i for i, name in enumerate(self.layer_names)}
         self._segments = np.array([position[layer_of(p)] for p in self.variable_names], dtype="int32")
         self._index = {self._var_key(v): i for i, v in enumerate(var_list)}
-        width = len(SCALARS) + len(self.layer_names)
+        width = len(DEVICE_COLUMNS) + len(self.layer_names)
         add = self.add_variable
         self._step = add((), initializer="zeros", dtype="int32", aggregation=_OWN, name="guard_step")
         self._consecutive = add((), initializer="zeros", dtype="int32", aggregation=_OWN, name="consecutive_skips")
@@ -125,11 +124,11 @@ class GuardOptimizer(keras.optimizers.Optimizer):
         self._ring = add((self.buffer_steps, width), initializer="zeros", dtype="float32", aggregation=_OWN, name="step_rows")
         if self.clipper is not None:
             self.clipper.build(self, var_list)
-        self._recorder = Recorder(self.layer_names, self._store_spec, self._meta(var_list), self._max_history)
+        self._feed = RunFeed(self.layer_names, self._store_spec, self._meta(var_list), self._max_history)
         super().build(var_list)
 
     def _meta(self, var_list) -> dict[str, Any]:
-        from gradguard import __version__
+        from gradguard._version import __version__
 
         clipper = None
         if self.clipper is not None:
@@ -219,8 +218,11 @@ class GuardOptimizer(keras.optimizers.Optimizer):
         for seg, p in zip(self._segments.tolist(), present):
             has_grad[seg] |= p
         layers = ops.where(ops.convert_to_tensor(has_grad), layers, math.nan)
-        scalars = [m.total, after, threshold, clipped, skip, ops.convert_to_tensor(math.nan)]
-        row = ops.concatenate([ops.stack([ops.cast(s, f32) for s in scalars]), layers])
+        positive = m.total > 0
+        coef = ops.where(positive, after / ops.where(positive, m.total, 1.0), 1.0)
+        lr = self.inner_optimizer.learning_rate
+        columns = {"norm_before": m.total, "norm_after": after, "threshold": threshold, "coef": coef, "clipped": clipped, "skipped": skip, "lr": lr}
+        row = ops.concatenate([ops.stack([ops.cast(columns[name], f32) for name in DEVICE_COLUMNS]), layers])
         step = self._step + 1
         self._step.assign(step)
         position = ops.mod(step - 1, self.buffer_steps)
@@ -241,7 +243,11 @@ class GuardOptimizer(keras.optimizers.Optimizer):
         return due
 
     def _host_hook(self) -> None:
-        """Hand rows to the host when due: directly when eager, by a py_function in a TF graph."""
+        """Hand rows to the host when due: directly when eager, by a py_function in a TF graph.
+
+        Under a tf.distribute strategy ``_tf.distributed_update`` calls it once, in its
+        cross-replica ``merge_call``, so the host reads once and not once per replica.
+        """
         tf = _tf_module()
         if tf is None or tf.executing_eagerly():
             if bool(ops.convert_to_numpy(self._due())):  # eager: the cond above read the skip flag already
@@ -249,20 +255,15 @@ class GuardOptimizer(keras.optimizers.Optimizer):
             return
         if tf.in_xla():
             return  # XLA compiles no host callback: rows wait on the device (see buffer_steps)
-        tf.host_call(self._due(), self._on_host, [self._step, self._ring, self._bad])
-
-    def _host_hook_cross_replica(self) -> None:
-        tf = _tf_module()
-        if not tf.executing_eagerly() and not tf.in_xla():
-            tf.host_call(self._due(), self._on_host, [self._step.value, self._ring.value, self._bad.value])
+        tf.host_call(self._due(), self._on_host, [ops.convert_to_tensor(v) for v in (self._step, self._ring, self._bad)])
 
     def _on_host(self, step, ring, bad) -> None:
         names = [n for n, b in zip(self.variable_names, np.asarray(bad).tolist()) if b]
-        self._recorder.ingest(int(step), np.asarray(ring), names, self._limit())
+        self._feed.ingest(int(step), np.asarray(ring), names, self._limit())
 
     def flush(self) -> None:
         """Read the rows the device holds into history and store (one transfer)."""
-        if self._recorder is None:
+        if self._feed is None:
             return
         self._on_host(ops.convert_to_numpy(self._step), ops.convert_to_numpy(self._ring), ops.convert_to_numpy(self._bad))
 
@@ -283,51 +284,45 @@ class GuardOptimizer(keras.optimizers.Optimizer):
 
     @property
     def history(self):
+        """What was measured, per step (a ``gg.History``); reads the device rows first."""
         self.flush()
-        if self._recorder is None:
+        if self._feed is None:
             from gradguard._history import History
 
             return History([])
-        return self._recorder.history
+        return self._feed.recorder.history
 
     @property
-    def recorder(self) -> Recorder:
+    def feed(self) -> RunFeed:
+        """The host side of this run (built with the optimizer, on the first training step)."""
         self.flush()
-        if self._recorder is None:
+        if self._feed is None:
             raise RuntimeError("GuardOptimizer has measured nothing yet: it is built on the first training step.")
-        return self._recorder
+        return self._feed
 
     def run_data(self):
-        return self.recorder.run_data()
+        """Everything measured so far, as a ``RunData`` (what the rules and the report read)."""
+        return self.feed.run_data()
 
     def findings(self):
-        """The diagnosis rules on what was measured so far; most urgent first."""
-        from gradguard._rules import diagnose
+        """The diagnosis rules on what was measured so far; root causes first."""
+        from gradguard._diagnose import findings_of
 
-        found = diagnose(self.run_data())
-        self._recorder._write(lambda store: store.replace_findings(found))
-        self._recorder.sync()
+        found = findings_of(self.run_data())
+        self._feed.replace_findings(found)
         return found
 
     def report(self, path: str | Path, format: str = "html") -> Path:
-        """Write the HTML (or Markdown) report of this run to ``path``."""
-        from gradguard.report import write_report
+        """Write the HTML (or Markdown, ``format="md"``) report of this run to ``path``."""
+        from gradguard._diagnose import write_run_report
 
-        findings = self.findings()
-        recorder = self._recorder
-        if recorder.store is not None:
-            return recorder.on_store(lambda store: write_report([store], path, format=format, title=self.run_name))
-        memory = recorder.to_store(":memory:", findings)
-        try:
-            return write_report([memory], path, format=format, title=self.run_name)
-        finally:
-            memory.close()
+        return write_run_report(self.run_data(), path, format=format, title=self.run_name)
 
     def close(self) -> None:
         """Read the last rows, write the findings to the store and close it."""
-        if self._recorder is not None:
+        if self._feed is not None:
             self.findings()
-            self._recorder.close()
+            self._feed.close()  # later findings() and report() work from memory
 
     # ------------------------------------------------------------------ Keras plumbing
     @property

@@ -71,6 +71,7 @@ class ActivationProbe(keras.callbacks.Callback):
         self._layers: list[tuple[str, str, bool]] = []
         self._seen = 0
         self.unsupported: str | None = None
+        self._announced = False
 
     def _build(self) -> None:
         model = self.model
@@ -114,10 +115,12 @@ class ActivationProbe(keras.callbacks.Callback):
             i += 2 if standalone else 1
             for metric, value in layer_stats(kind, y, x).items():
                 records.setdefault(metric, {})[path] = value
-        recorder = self.guard.recorder
-        recorder.meta.setdefault("activation_types", {}).update({p: _CLASS[k] for p, k, _ in self._layers})
+        feed = self.guard.feed
+        if not self._announced:
+            feed.set_meta(activation_types={p: _CLASS[k] for p, k, _ in self._layers})
+            self._announced = True
         for metric, entry in records.items():
-            recorder.add_records(step, metric, entry)
+            feed.add_records(step, metric, entry)
         return records
 
     def on_train_batch_end(self, batch, logs=None):

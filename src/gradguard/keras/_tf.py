@@ -94,7 +94,7 @@ def distributed_update(guard, grads: list, variables: list, skip) -> None:
         distribution.extended.update(
             inner._iterations.value, lambda it, s: it.assign_add(1 - tf.cast(s, it.dtype)), args=(skip,), group=False
         )
-        guard._host_hook_cross_replica()
+        guard._host_hook()
 
     with tf.name_scope(inner.name):
         tf.distribute.get_replica_context().merge_call(merge, args=(pairs, skip))
