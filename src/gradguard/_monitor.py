@@ -21,7 +21,8 @@ from gradguard._locate import NonfiniteLocator
 from gradguard._probes._activations import ActivationProbe
 from gradguard._probes._deltas import DeltaProbe
 from gradguard._probes._params import ParamProbe
-from gradguard._events import ForensicsEvent, NonfiniteLocationEvent, SkipEvent, SpikeEvent
+from gradguard._events import ForensicsEvent, NonfiniteInputEvent, NonfiniteLocationEvent, SkipEvent, SpikeEvent
+from gradguard._probes._inputs import InputCheck
 from gradguard._recorder import Recorder
 from gradguard._spikes import SpikeDetector
 from gradguard.rnn import TimestepProbe
@@ -51,6 +52,9 @@ class Monitor:
         self.timesteps = _timestep_probes(model) if "timesteps" in probes else {}
         self.spikes = SpikeDetector(module_names, capacity=forensics_steps, z_thresh=spike_z) if spike_z else None
         self.locator = NonfiniteLocator(model) if locate_after_skip else None
+        # Always on: a reference per forward pass on finite steps, a read only on non-finite ones.
+        self.inputs: InputCheck | None = InputCheck(model)
+        self._inputs_meta: dict[str, Any] = {}
         self.recorder = recorder
         recorder.listeners.append(self.flush)
         self.forward_order: list[str] = []
@@ -120,6 +124,10 @@ class Monitor:
             self._disarm()
         if self.locator is not None and self.locator.armed:
             self._record_location(step)
+        if self.inputs is not None:
+            # "ignore" steps through a NaN and says skipped=False: whether it was finite is known at the flush.
+            known = None if self.recorder.meta.get("nonfinite") == "ignore" else skipped
+            self._note_input(self.inputs.end_step(step, known))
         if skipped and self.locator is not None:
             self.locator.arm()  # the next step's forward and backward will say where it starts
         due = set(self.periods) if skipped else self.scheduled(step + 1)
@@ -130,6 +138,10 @@ class Monitor:
 
     def note_skip(self, step: int, parameters: list[str]) -> None:
         self.recorder.add_event(SkipEvent(step, parameters=list(parameters)))
+
+    def _note_input(self, event: dict[str, Any] | None) -> None:
+        if event is not None:
+            self.recorder.add_event(NonfiniteInputEvent(event["step"], what=event["what"], inputs=list(event["inputs"])))
 
     def _record_location(self, step: int) -> None:
         finding = self.locator.result()
@@ -150,6 +162,14 @@ class Monitor:
         for step, module, metric, vector in self._pending_vectors:
             self.recorder.add_vector(step, module, metric, vector.detach().to(torch.float64).cpu().numpy())
         self._pending_vectors.clear()
+        if self.inputs is not None:
+            bad = ~np.isfinite(chunk.scalars["norm_before"])
+            for event in self.inputs.flush(chunk.steps.tolist(), bad.tolist()):
+                self._note_input(event)
+            summary = self.inputs.summary()
+            if summary != self._inputs_meta:  # batch size, micro-batches, autocast, dtypes: for the rules
+                self._inputs_meta = summary
+                self.recorder.set_meta(inputs=summary)
         if self.spikes is not None:
             scores = self.spikes.score(chunk.steps, chunk.scalars["norm_before"], chunk.scalars["loss"], chunk.modules)
             self._forensics(chunk, scores)
@@ -182,6 +202,8 @@ class Monitor:
         self._disarm()
         if self.locator is not None:
             self.locator.disarm()
+        if self.inputs is not None:
+            self.inputs.close()
         for probe in self.timesteps.values():
             probe.close()
 
