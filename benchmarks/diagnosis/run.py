@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from benchmarks.diagnosis.train import apply_fix, train
-from benchmarks.diagnosis.zoo import BY_NAME, SCENARIOS, SMOKE, Scenario
+from benchmarks.diagnosis.zoo import BY_NAME, SCENARIOS, SMOKE, SMOKE_STEPS, Scenario
 
 TARGETS = {"top1": 0.90, "top3": 1.0, "false_warnings": 0, "latency": 0.90, "remedy": 0.80}
 REMEDY_FACTOR = 2.0
@@ -73,9 +73,9 @@ def detection_step(data, causes: tuple[str, ...]) -> int | None:
     return None
 
 
-def score(s: Scenario, latency: bool = True) -> dict[str, Any]:
+def score(s: Scenario, latency: bool = True, steps: int | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    broken = train(s.config())
+    broken = train(s.config(steps))
     findings = diagnose(broken.data)
     warn = urgent(findings)
     row: dict[str, Any] = {
@@ -99,13 +99,13 @@ def score(s: Scenario, latency: bool = True) -> dict[str, Any]:
         row["latency"] = None if detect is None else detect - s.onset
         nf = broken.first_nonfinite
         row["before_nonfinite"] = detect is not None and (nf is None or detect < nf)
-    twin = train(s.twin())
+    twin = train(s.twin(steps))
     row["twin_loss"] = twin.final_loss
     row["twin_warnings"] = [f.code for f in urgent(diagnose(twin.data))]
     fix = dict(getattr(warn[0], "fix", {}) or {}) if warn else {}
     row["fix"] = fix
     if fix:
-        cfg, unused = apply_fix(s.config(), fix)
+        cfg, unused = apply_fix(s.config(steps), fix)
         if unused:
             row["remedy"], row["remedy_loss"] = f"not applicable ({', '.join(unused)})", math.nan
         else:
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or (SMOKE if args.smoke else [s.name for s in SCENARIOS])
     rows = []
     for name in names:
-        row = score(BY_NAME[name], latency=not args.no_latency)
+        row = score(BY_NAME[name], latency=not args.no_latency, steps=SMOKE_STEPS if args.smoke else None)
         rows.append(row)
         print(f"{name}: top={row['top']} " + ("" if row["healthy"] else f"top1={row['top1']} remedy={row['remedy']} ") + f"({row['seconds']:.1f}s)", flush=True)
     tot = totals(rows)
