@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cfg = Config(device=torch.device("cpu"), smoke=args.smoke)
     rounds = 2 if args.smoke else args.rounds
-    print(f"| model | contender | ms per step | vs plain (paired) | with / without the check (paired) |\n| --- | --- | --- | --- | --- |")
+    print("| model | contender | ms per step | vs plain (paired) | with / without the check (paired) |\n| --- | --- | --- | --- | --- |")
     for work in workloads(cfg):
         torch.manual_seed(0)
         base = work.build()

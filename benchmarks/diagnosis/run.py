@@ -28,7 +28,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from benchmarks.diagnosis.train import apply_fix, train
@@ -163,11 +162,12 @@ def markdown(rows: list[dict], tot: dict, before: dict | None = None) -> str:
               ("false_warnings", "healthy controls with a false warning", "0"),
               ("latency", "lr blow-ups flagged before the first non-finite step", ">= 90%"),
               ("remedy", "remedy success (top finding's fix, within 2x of the twin's loss)", ">= 80%")]
+    def fmt(t: dict, key: str) -> str:
+        v = t.get(key, math.nan)
+        return f"{v}" if key == "false_warnings" else ("-" if math.isnan(v) else f"{v:.0%}")
+
     for key, label, target in labels:
-        def fmt(t):
-            v = t.get(key, math.nan)
-            return f"{v}" if key == "false_warnings" else ("-" if v != v else f"{v:.0%}")
-        out.append(f"| {label} | {target} | " + (f"{fmt(before)} | " if before else "") + f"{fmt(tot)} |")
+        out.append(f"| {label} | {target} | " + (f"{fmt(before, key)} | " if before else "") + f"{fmt(tot, key)} |")
     out.append("")
     out.append(f"{tot['scenarios']} broken scenarios, {tot['controls']} healthy controls.")
     return "\n".join(out)
