@@ -170,6 +170,9 @@ def markdown(rows: list[dict], tot: dict, before: dict | None = None) -> str:
         out.append(f"| {label} | {target} | " + (f"{fmt(before, key)} | " if before else "") + f"{fmt(tot, key)} |")
     out.append("")
     out.append(f"{tot['scenarios']} broken scenarios, {tot['controls']} healthy controls.")
+    twins = [f"{r['name']} ({', '.join(r['twin_warnings'])})" for r in rows if r.get("twin_warnings")]
+    if twins:  # not a target, but a warning on a run that trains deserves a look
+        out.append(f"Healthy twins with a warning (not counted above): {'; '.join(twins)}.")
     return "\n".join(out)
 
 
@@ -192,6 +195,11 @@ one CPU thread, 80 to 300 steps, seeded; the whole benchmark takes a few minutes
   the twin's. 2x is loose where the broken run's loss is already within 2x of its twin's (chance
   level of a 10-class task is 2.3): read the three losses, not only the verdict.
 * **healthy controls**: any finding at warning or above is a false warning.
+
+"before" is the same zoo diagnosed by the rules as they stood before they named root causes
+(commit 578c287, `benchmarks/diagnosis/results_before/`): their findings had no `fix`, so no
+remedy could be applied, and their top finding was a symptom (NONFINITE, EXPLODING_GRADIENT,
+VANISHING_GRADIENT) more often than a cause.
 
 The thresholds of the rules were set with this zoo in view (each says why it has its value in
 `_rules/_thresholds.py`), so the figures below measure the rules on runs like the ones they were
