@@ -3,7 +3,7 @@
 ``python -m benchmarks.diagnosis.input_check_cost [--smoke] [--rounds N]``. The same workloads,
 batches and timing as the training-step table (``benchmarks/train_step.py``): each contender
 trains its own copy of the model, interleaved rounds, one period (10 steps) per timed block. The
-"without" contender is the default Guard with its input check removed (``guard.monitor.inputs``),
+"without" contender is the default Guard with its input check taken out of the monitor,
 so the difference between the two is the check alone: a forward pre-hook that keeps references on
 finite steps. Prints the paired ratios; timings need a quiet machine.
 """
@@ -25,8 +25,15 @@ WITH, WITHOUT = "Guard, defaults (input check on)", "Guard, defaults, input chec
 
 
 def without_check(guard: gg.Guard) -> gg.Guard:
-    guard.monitor.inputs.close()
-    guard.monitor.inputs = None
+    """The same Guard with its input check closed and taken out of the monitor's probe lists."""
+    from gradguard._probes._inputs import InputCheck
+
+    monitor = guard.monitor
+    probe = next(p for p in monitor.probes if isinstance(p, InputCheck))
+    probe.close()
+    for probes in (monitor.probes, monitor.periodic, monitor._armed):
+        if probe in probes:
+            probes.remove(probe)
     return guard
 
 

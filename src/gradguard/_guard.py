@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gradguard import _distributed
+import gradguard._distributed as _distributed
 from gradguard._clipping import unclipped_stats
 from gradguard._errors import check_choice, check_int, check_norm_type
 from gradguard._grads import CachedCollector, GradBatch
@@ -36,16 +36,15 @@ from gradguard._history import Chunk
 from gradguard._monitor import Monitor
 from gradguard._norms import GradNorms, batch_norms
 from gradguard._policy import POLICIES, NonfinitePolicy
-from gradguard._probes import resolve_periods, resolve_probes
+from gradguard._probes import Probe, build_probes, resolve_periods, resolve_probes
 from gradguard._recorder import Recorder
 from gradguard._rundata import RunData
 from gradguard._runmeta import recurrent_spectra, run_meta
 from gradguard._slots import ParameterSlots, agree_across_ranks
-from gradguard._spikes import SPIKE_Z
+from gradguard._probes._spikes import SPIKE_Z
 from gradguard._stepinfo import StepInfo, resolve_clipper
 from gradguard._store import RunStore
 
-_recurrent_spectra = recurrent_spectra  # the name gg.inspect imports
 
 
 class Guard:
@@ -134,15 +133,13 @@ class Guard:
             self.module_names, store=_open_store(store), loggers=loggers, max_history=max_history,
             meta=run_meta(model, name=self.name, clipper=self.clipper, norm_type=self.norm_type, nonfinite=self.nonfinite, module_names=self.module_names),
         )
+        names, extra = _split_probes(probes)
         self.monitor = Monitor(
-            model,
             self.grouping,
-            probes=resolve_probes(probes),
-            periods=resolve_periods(probe_every),
+            build_probes(model, self.grouping, resolve_probes(names), resolve_periods(probe_every), locate_nonfinite=locate_nonfinite, extra=extra),
             recorder=self.recorder,
             spike_z=spike_z,
             forensics_steps=max(check_int("forensics_steps", forensics_steps, minimum=2), 2 * self.log_every + 2),
-            locate_after_skip=locate_nonfinite,
         )
         self._slots = ParameterSlots(model)
         self._collect = CachedCollector()
@@ -205,9 +202,8 @@ class Guard:
             module_norms = self._module_norms(norms, index, present)
             self.monitor.before_optimizer(batch, step, stepping)
             skipped, skipped_host = self._policy.apply(step, optimizer if stepping else None, batch, norms)
-            if skipped_host:
-                self.monitor.note_skip(step, self._policy.last_names)
-            self.monitor.end_step(step, batch, index, present_host, stepping and skipped_host is not True, skipped_host)
+            nonfinite = self._policy.last_names if skipped_host else ()
+            self.monitor.end_step(step, batch, index, present_host, stepping and skipped_host is not True, skipped_host, nonfinite)
             info = StepInfo(step, skipped, stats.norm_before, stats.norm_after, stats.clipped, stats.threshold, stats.coef, module_norms)
             self._record(info, loss, optimizer)
         return info
@@ -336,6 +332,14 @@ class Guard:
 
     def __repr__(self) -> str:
         return f"Guard(clip={self.clipper!r}, nonfinite={self.nonfinite!r}, steps={self._step}, skipped={self._policy.skips})"
+
+
+def _split_probes(probes: Any) -> tuple[Any, list[Probe]]:
+    """``probes=`` as (preset or probe names, probe objects): objects may stand among the names."""
+    if probes is None or isinstance(probes, (str, Probe)):
+        return (None, [probes]) if isinstance(probes, Probe) else (probes, [])
+    items = list(probes)
+    return [p for p in items if not isinstance(p, Probe)], [p for p in items if isinstance(p, Probe)]
 
 
 def _open_store(store: str | Path | RunStore | None) -> RunStore | None:

@@ -1,0 +1,52 @@
+"""Collection rules for the whole repository.
+
+Doctests (``--doctest-modules`` over ``src/gradguard``): the modules whose import needs an extra
+that is not installed are left out, and so are the entry points.
+
+The fast lane (``make test-fast``: ``-m "not slow and not distributed"``): test files that train
+models end to end through a framework or the lab are marked ``slow`` as a whole here, so a
+newcomer's quick check stays under a minute on 2 cores; ``make test`` runs everything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+# module (relative to this directory) -> the packages its import needs
+_NEEDS = {
+    "src/gradguard/integrations/lightning.py": ("lightning",),
+    "src/gradguard/integrations/huggingface.py": ("transformers", "accelerate"),
+    "src/gradguard/integrations/wandb.py": ("wandb",),
+    "src/gradguard/integrations/mlflow.py": ("mlflow",),
+    "src/gradguard/keras/*": ("keras", "tensorflow"),
+    "src/gradguard/lab/*": ("sklearn", "statsmodels"),
+}
+
+
+def _missing(packages: tuple[str, ...]) -> bool:
+    return any(importlib.util.find_spec(p) is None for p in packages)
+
+
+collect_ignore = ["src/gradguard/__main__.py"]
+collect_ignore_glob = [path for path, packages in _NEEDS.items() if _missing(packages)]
+
+# Files whose every test trains through Lightning, the HF Trainer, the lab, a browser or a benchmark.
+SLOW_FILES = {
+    "test_integrations_lightning.py",
+    "test_integrations_hf.py",
+    "test_lab_experiments.py",
+    "test_lab_runner.py",
+    "test_lab_cli.py",
+    "test_report_browser.py",
+    "test_benchmarks_smoke.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(str(item.fspath)).name in SLOW_FILES and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow)
+
