@@ -10,7 +10,7 @@ import torch
 
 from benchmarks.diagnosis import run as bench
 from benchmarks.diagnosis.train import apply_fix, config
-from benchmarks.diagnosis.zoo import BY_NAME, SCENARIOS, SMOKE
+from benchmarks.diagnosis.zoo import BY_NAME, SCENARIOS, SMOKE, SMOKE_STEPS
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +41,7 @@ def test_apply_fix_reports_keys_it_cannot_apply():
 
 @pytest.fixture(scope="module")
 def rows():
-    return [bench.score(BY_NAME[name]) for name in SMOKE]
+    return [bench.score(BY_NAME[name], steps=SMOKE_STEPS) for name in SMOKE]
 
 
 def test_smoke_scenarios_are_diagnosed_and_remedied(rows):

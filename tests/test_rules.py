@@ -279,7 +279,7 @@ def test_inspect_is_quiet_about_pytorch_default_init_of_a_healthy_net():
     for act in (nn.ReLU, nn.Tanh, nn.Sigmoid):
         net = _mlp(3, act)
         x = torch.randn(128, 64)
-        found = gg.inspect(net, lambda: net(x).pow(2).mean()).findings
+        found = gg.inspect(net, lambda net=net, x=x: net(x).pow(2).mean()).findings
         assert all(f.code != "INIT_SCALE" for f in found), f"{act.__name__}: {[str(f) for f in found]}"
 
 

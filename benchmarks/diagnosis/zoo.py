@@ -29,11 +29,12 @@ class Scenario:
     def healthy(self) -> bool:
         return not self.causes
 
-    def config(self) -> dict[str, Any]:
-        return config(**self.overrides)
+    def config(self, steps: int | None = None) -> dict[str, Any]:
+        """The broken run's config (``steps`` shortens it, for the smoke test)."""
+        return config(**{**self.overrides, **({"steps": steps} if steps else {})})
 
-    def twin(self) -> dict[str, Any]:
-        cfg, unused = apply_fix(self.config(), self.fix)
+    def twin(self, steps: int | None = None) -> dict[str, Any]:
+        cfg, unused = apply_fix(self.config(steps), self.fix)
         assert not unused, f"{self.name}: the zoo's own fix uses unknown keys {unused}"
         return cfg
 
@@ -99,4 +100,5 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}
-SMOKE = ("lr_sgd_mlp_fast", "nan_input_batch", "log_of_negative", "loss_summed_over_batch", "healthy_mlp")
+SMOKE = ("lr_sgd_mlp_fast", "nan_input_batch", "sqrt_at_zero", "loss_summed_over_batch", "healthy_mlp")
+SMOKE_STEPS = 60  # long enough for each of them to break (the NaN batch comes at step 40)

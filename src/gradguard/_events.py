@@ -87,7 +87,16 @@ class NonfiniteLocationEvent(Event):
     kind: ClassVar[str] = "nonfinite_location"
 
 
-KINDS: dict[str, type[Event]] = {cls.kind: cls for cls in (SkipEvent, SpikeEvent, ForensicsEvent, NonfiniteLocationEvent)}
+@dataclass
+class NonfiniteInputEvent(Event):
+    """NaN/Inf in the model's floating-point inputs on a step whose norms were non-finite (``_probes._inputs``)."""
+
+    what: str = ""
+    inputs: list[str] = field(default_factory=list)
+    kind: ClassVar[str] = "nonfinite_input"
+
+
+KINDS: dict[str, type[Event]] = {cls.kind: cls for cls in (SkipEvent, SpikeEvent, ForensicsEvent, NonfiniteLocationEvent, NonfiniteInputEvent)}
 
 
 @dataclass

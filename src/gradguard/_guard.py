@@ -243,6 +243,8 @@ class Guard:
         device_row = {"norm_before": info.norm_before, "norm_after": info.norm_after, "threshold": info.threshold,
                       "coef": info.coef, "clipped": info.clipped, "skipped": info.skipped, "loss": loss_t}
         host_row = {"lr": _max_lr(optimizer)}
+        if optimizer is not None and "optimizer" not in self.recorder.meta:  # for the rules: Adam-family gets a warm-up, a scaler can collapse
+            self.recorder.set_meta(optimizer=type(getattr(optimizer, "optimizer", optimizer)).__name__, scaler=bool(self.scaler is not None and self.scaler.is_enabled()))
         if self.recorder.pend(info.step, device_row, host_row, info.module_norms.to(device)) >= self.log_every:
             self.flush()
 

@@ -35,6 +35,9 @@ class Monitor:
         self.spikes = SpikeDetector(self.module_names, capacity=forensics_steps, z_thresh=spike_z) if spike_z else None
         self.recorder = recorder
         recorder.listeners.append(self.flush)
+        for probe in self.probes:  # probes that read flushed chunks or keep run metadata (the input check)
+            if hasattr(probe, "bind"):
+                probe.bind(recorder)
         self.forward_order: list[str] = []
         # One entry per (step, metric, device): module names and a 1-D tensor of their values.
         self._pending: list[tuple[int, str, tuple[str, ...], Tensor]] = []

@@ -111,9 +111,10 @@ FACTORIES: dict[str, Callable[[nn.Module, Grouping], Probe]] = {
 }
 
 
-def build_probes(model: nn.Module, grouping: Grouping, names: Iterable[str], periods: Mapping[str, int], *, locate_nonfinite: bool = True, extra: Iterable[Probe] = ()) -> list[Probe]:
+def build_probes(model: nn.Module, grouping: Grouping, names: Iterable[str], periods: Mapping[str, int], *, locate_nonfinite: bool = True, check_inputs: bool = True, extra: Iterable[Probe] = ()) -> list[Probe]:
     """The probes a Guard runs: the named ones with their periods, the non-finite locator (armed
-    by a non-finite step), and ``extra`` probe objects as given."""
+    by a non-finite step), the input check (``_inputs``: data or model, on a non-finite step),
+    and ``extra`` probe objects as given."""
     probes = []
     for name in names:
         probe = FACTORIES[name](model, grouping)
@@ -123,6 +124,10 @@ def build_probes(model: nn.Module, grouping: Grouping, names: Iterable[str], per
         from gradguard._probes._locate import NonfiniteLocator
 
         probes.append(NonfiniteLocator(model))
+    if check_inputs:
+        from gradguard._probes._inputs import InputCheck
+
+        probes.append(InputCheck(model))
     for probe in extra:
         if not isinstance(probe, Probe):
             raise TypeError(f"a probe must be a gradguard Probe (see gradguard._probes._base), got {type(probe).__name__}.")

@@ -8,17 +8,27 @@ when a step's norms are already known to be non-finite does the check read the i
 (``torch.isfinite(...).all()``, one transfer) and report a ``nonfinite_input`` event: that tells
 bad data from a fault in the model, on the very step it happened.
 
-When the skip decision is made on the device (``nonfinite="ignore"``, fused optimizers), the host
-learns of a non-finite step only at the next flush; the references of the unflushed steps are
-kept until then (at most ``log_every`` batches stay alive a little longer), and checked there.
+Under ``nonfinite="ignore"`` the host learns of a non-finite step only at the next flush; the
+references of the unflushed steps are kept until then (at most ``log_every`` batches stay alive a
+little longer), and checked there. A fused optimizer that skips on the device tells the host
+nothing: there the check cannot run.
+
+As a probe (``_base.Probe``) it has period 1: ``collect`` closes each step (nothing is measured
+there), ``on_nonfinite`` checks, and ``bind`` hands it the recorder, whose flushes it reads and
+whose ``meta["inputs"]`` it keeps (batch size, forward passes per step, autocast dtype, parameter
+dtypes) for the rules.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
+
+from gradguard._events import NonfiniteInputEvent
+from gradguard._probes._base import Probe, StepContext
 
 
 def _floats(value: Any, path: str, out: list[tuple[str, Tensor]]) -> None:
@@ -40,13 +50,17 @@ def _batch_size(args: tuple, kwargs: dict) -> int | None:
     return None
 
 
-class InputCheck:
+class InputCheck(Probe):
     """Keeps the current step's inputs by reference; checks them only on non-finite steps."""
 
     name = "inputs"
+    period = 1  # collect() closes every step; it measures nothing
 
     def __init__(self, model: nn.Module):
         self.model = model
+        self._recorder = None
+        self._emit = None
+        self._meta: dict[str, Any] = {}
         self._current: list[tuple[int, str, Tensor]] = []  # (forward pass, argument path, tensor)
         self._passes = 0
         self._unflushed: dict[int, list[tuple[int, str, Tensor]]] = {}
@@ -69,6 +83,40 @@ class InputCheck:
             if torch.is_autocast_enabled(device):
                 self.autocast_dtype = str(torch.get_autocast_dtype(device)).replace("torch.", "")
 
+    # ------------------------------------------------------------------ the probe protocol
+    def bind(self, recorder) -> None:
+        """Read each flushed chunk (non-finite steps under "ignore"), keep ``meta["inputs"]`` current."""
+        self._recorder = recorder
+        recorder.listeners.append(self._on_flush)
+
+    def _ignore(self) -> bool:
+        return self._recorder is not None and self._recorder.meta.get("nonfinite") == "ignore"
+
+    def on_nonfinite(self, ctx: StepContext) -> bool:
+        self._send(self.end_step(ctx.step, True), ctx.emit)
+        return False
+
+    def collect(self, ctx: StepContext) -> dict:
+        if self._passes or self._current:  # not closed by on_nonfinite
+            self._send(self.end_step(ctx.step, None if self._ignore() else False), ctx.emit)
+        self._emit = ctx.emit
+        return {}
+
+    def _on_flush(self, chunk) -> None:
+        bad = ~np.isfinite(np.asarray(chunk.scalars["norm_before"], dtype=float))
+        for event in self.flush(list(chunk.steps), bad.tolist()):
+            self._send(event, self._emit)
+        summary = self.summary()
+        if summary != self._meta and self._recorder is not None:
+            self._meta = summary
+            self._recorder.set_meta(inputs=summary)
+
+    @staticmethod
+    def _send(event: dict[str, Any] | None, emit) -> None:
+        if event is not None and emit is not None:
+            emit(NonfiniteInputEvent(event["step"], what=event["what"], inputs=list(event["inputs"])))
+
+    # ------------------------------------------------------------------ the check itself
     def end_step(self, step: int, nonfinite: bool | None) -> dict[str, Any] | None:
         """Close ``step``: check its inputs if its norms are non-finite (``nonfinite`` True),
         keep them for the flush if the host does not know yet (None), drop them if finite."""
@@ -85,7 +133,7 @@ class InputCheck:
         """At a flush: check the kept inputs of the steps now known to be non-finite."""
         out = []
         for step, bad in zip(steps, nonfinite):
-            kept = self._unflushed.pop(step, None)
+            kept = self._unflushed.pop(int(step), None)
             if bad and kept is not None:
                 event = self._check(step, kept, self.micro_batches or 1)
                 if event is not None:
@@ -113,6 +161,8 @@ class InputCheck:
         return {"batch_size": self.batch_size, "micro_batches": self.micro_batches, "autocast_dtype": self.autocast_dtype, "param_dtypes": dtypes}
 
     def close(self) -> None:
+        if self._recorder is not None and self._on_flush in self._recorder.listeners:
+            self._recorder.listeners.remove(self._on_flush)
         self._handle.remove()
         self._current.clear()
         self._unflushed.clear()

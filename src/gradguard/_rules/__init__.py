@@ -16,7 +16,15 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from gradguard._finding import SEVERITIES, Finding, causal_order
-from gradguard._rules import _activations, _causes, _clipping, _gradients, _lr, _recurrent, _scale
+from gradguard._rules import (
+    _activations,
+    _causes,
+    _clipping,
+    _gradients,
+    _lr,
+    _recurrent,
+    _scale,
+)
 from gradguard._rundata import RunData
 
 Rule = Callable[[RunData], "Finding | None"]

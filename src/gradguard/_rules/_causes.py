@@ -11,7 +11,13 @@ import numpy as np
 
 from gradguard._finding import Finding
 from gradguard._rules import _thresholds as T
-from gradguard._rules._evidence import fast_blowup, init_blames, lr_series, max_update_ratio, nonfinite_steps, smoothed_loss
+from gradguard._rules._evidence import (
+    fast_blowup,
+    init_blames,
+    max_update_ratio,
+    nonfinite_steps,
+    smoothed_loss,
+)
 from gradguard._rules._syntax import guard_text, precision_text
 from gradguard._rundata import RunData
 
@@ -119,7 +125,7 @@ def scaler_collapse(data: RunData) -> Finding | None:
     fraction, steps = found
     loc = _location(data)
     where = list(loc.get("where", []))[:1] if loc else []
-    halvings = int(round(fraction * steps))
+    halvings = round(fraction * steps)
     message = (f"The GradScaler skipped {fraction:.0%} of {steps} steps: its scale has halved about {halvings} times (65536 -> {65536 * 0.5 ** halvings:.2g}) "
                "and cannot recover, because the overflow is not in the scaled gradients")
     message += f": {where[0]!r} produces {loc.get('value', 'Inf')} in its {loc.get('direction', 'forward')} pass." if where else "."
@@ -174,4 +180,3 @@ def loss_not_averaged(data: RunData) -> Finding | None:
     return None
 
 
-__all__ = ["fp16_overflow", "loss_not_averaged", "nonfinite_input", "scaler_collapse", "lr_series"]

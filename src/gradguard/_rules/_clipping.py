@@ -6,7 +6,12 @@ import numpy as np
 
 from gradguard._finding import Finding
 from gradguard._rules import _thresholds as T
-from gradguard._rules._common import clip_fix, clip_remedy, lower_first, recommend_threshold
+from gradguard._rules._common import (
+    clip_fix,
+    clip_remedy,
+    lower_first,
+    recommend_threshold,
+)
 from gradguard._rules._syntax import clip_text
 from gradguard._rundata import RunData
 

@@ -40,7 +40,7 @@ def recommend_threshold(data: RunData) -> tuple[float, dict] | None:
     p50, p90, p99 = (float(np.percentile(norms, q)) for q in (50, T.RECOMMEND_PERCENTILE, 99))
     value = sig(p90)
     evidence = {
-        "steps": int(len(norms)),
+        "steps": len(norms),
         "mean_norm_without_top_1pct": mean,
         "p50": p50,
         "p90": p90,

@@ -8,7 +8,14 @@ import numpy as np
 
 from gradguard._finding import Finding
 from gradguard._rules import _thresholds as T
-from gradguard._rules._common import clip_fix, clip_remedy, depth_profile, lower_first, module_types, sig
+from gradguard._rules._common import (
+    clip_fix,
+    clip_remedy,
+    depth_profile,
+    lower_first,
+    module_types,
+    sig,
+)
 from gradguard._rules._evidence import lr_series, nonfinite_steps
 from gradguard._rundata import RunData
 

@@ -109,7 +109,10 @@ def update_ratio(data: RunData) -> Finding | None:
     if not entries:
         return None
     modules = set().union(*(values.keys() for _, values in entries))
-    medians = {m: float(np.nanmedian([values.get(m, np.nan) for _, values in entries])) for m in modules}
+    medians = {}
+    for m in modules:
+        finite = [v for _, values in entries if np.isfinite(v := values.get(m, np.nan))]
+        medians[m] = float(np.median(finite)) if finite else np.nan  # a diverged run's ratios can all be NaN
     high = {m: v for m, v in medians.items() if np.isfinite(v) and v > T.UPDATE_RATIO_HIGH}
     if not high:
         return None

@@ -133,6 +133,7 @@ class GradGuardCallback(TrainerCallback):
         previous = self.guard.state_dict() if self.guard is not None else None  # a second train(): keep counting
         steps = args.logging_steps if isinstance(args.logging_steps, int) and args.logging_steps >= 1 else 50
         self.guard = self.settings.build(model, log_every=min(steps, 1000))
+        self.guard.recorder.set_meta(integration="huggingface")  # remedies in this loop's syntax
         self._guard_closed = False
         if previous is not None:
             self.guard.load_state_dict(previous)

@@ -135,6 +135,7 @@ class GradGuardCallback(Callback):
             self._saved_state = self.guard.state_dict()  # a second fit() with this callback: keep counting
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         self.guard = self.settings.build(pl_module, log_every=self.log_every or trainer.log_every_n_steps, scaler=scaler)
+        self.guard.recorder.set_meta(integration="lightning")  # remedies in this loop's syntax
         self._guard_closed = False
         if self._saved_state is not None:
             self.guard.load_state_dict(self._saved_state)
