@@ -49,6 +49,8 @@ class Recorder:
         max_history: int | None = 100_000,
         meta: Mapping[str, Any] | None = None,
     ):
+        if max_history is not None and (isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1):
+            raise ValueError(f"max_history must be a positive int (steps kept in memory) or None to keep every step, got {max_history!r}.")
         self.module_names = list(module_names)
         self.history = History(self.module_names, max_history)
         self.store = store
