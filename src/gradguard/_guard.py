@@ -137,7 +137,7 @@ class Guard:
         self.module_names = self.grouping.labels
         self._policy = NonfinitePolicy(self.nonfinite, self.max_consecutive_skips, scaler, self.log_every)
         self.recorder = Recorder(
-            self.module_names, store=_open_store(store), loggers=loggers, max_history=max_history,
+            self.module_names, store=_open_store(store, owner=self), loggers=loggers, max_history=max_history,
             meta=run_meta(model, name=self.name, clipper=self.clipper, norm_type=self.norm_type, nonfinite=self.nonfinite, module_names=self.module_names),
         )
         self.monitor = Monitor(
@@ -304,10 +304,14 @@ class Guard:
         return self.recorder.run_data(forward_order=self.monitor.forward_order, recurrent=recurrent_spectra(self.model))
 
     def findings(self) -> list:
-        """Run the diagnosis rules on what was measured so far; root causes first."""
+        """Run the diagnosis rules on what was measured so far; root causes first. When the run
+        store failed during the run, a last ``STORE_INCOMPLETE`` finding (severity info) says so."""
+        return self._findings(self.run_data())
+
+    def _findings(self, data: RunData) -> list:
         from gradguard._diagnose import findings_of  # the rules sit above the core
 
-        found = findings_of(self.run_data())
+        found = findings_of(data) + _store_findings(data.meta)
         if self.store is not None:
             self.recorder._write(self.store.replace_findings, found)
         return found
@@ -317,6 +321,7 @@ class Guard:
         from gradguard._diagnose import write_run_report
 
         data = self.run_data()
+        data.findings = self._findings(data)
         return write_run_report(data, path, format=format, title=self.name)
 
     def to_store(self, path: str | Path, findings: list | None = None) -> RunStore:
@@ -377,7 +382,7 @@ class Guard:
         return f"Guard(clip={self.clipper!r}, nonfinite={self.nonfinite!r}, steps={self._step}, skipped={self._policy.skips})"
 
 
-def _open_store(store: str | Path | RunStore | None) -> RunStore | None:
+def _open_store(store: str | Path | RunStore | None, owner: Any) -> RunStore | None:
     """The run store this Guard writes, claimed as its one writer (``RunStore.claim``): a second
     writer on the same file is refused here, at construction, not at its first flush."""
     if store is None or not _distributed.is_main_process():
@@ -386,8 +391,24 @@ def _open_store(store: str | Path | RunStore | None) -> RunStore | None:
         if not isinstance(store, (str, os.PathLike)):
             raise TypeError(f"store must be a path or a RunStore, got {store!r} of type {type(store).__name__}.")
         store = RunStore(store)
-    store.claim()
+    store.claim(owner)
     return store
+
+
+def _store_findings(meta: Mapping[str, Any]) -> list:
+    """The store failed during the run: say so, with where and why (the run itself is in memory)."""
+    failed = meta.get("store_incomplete")
+    if not failed:
+        return []
+    from gradguard._finding import Finding
+
+    return [Finding(
+        "STORE_INCOMPLETE", "info",
+        f"the run store {failed['path']} stopped being written after step {failed['last_step']} ({failed['reason']}); "
+        "it holds only the run's beginning. This report and guard.history hold the whole run.",
+        [failed["path"]], dict(failed),
+        "Free disk space or fix the store path's permissions, then keep the whole run with guard.to_store('run-full.sqlite').",
+    )]
 
 
 # ---------------------------------------------------------------------- argument and state checks

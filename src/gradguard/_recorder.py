@@ -173,15 +173,35 @@ class Recorder:
         return store
 
     def _write(self, fn: Callable, *args: Any, **kwargs: Any) -> None:
+        """Write to the store; the first failure warns once, and the store is written no more.
+
+        A full disk, a removed file or lost permissions must not stop training: what is measured
+        stays in memory, and ``meta["store_incomplete"]`` (path, reason, last step written) tells
+        the findings and the report that the store holds only the run's beginning.
+        """
+        if self._store_failed:
+            return
         try:
             fn(*args, **kwargs)
-        except Exception as exc:  # a full disk or a locked file must not stop training
-            if not self._store_failed:
-                warnings.warn(f"the run store could not be written ({type(exc).__name__}: {exc}); training goes on, and what "
-                              "is measured stays in memory (guard.history, guard.report()).", GradGuardWarning, stacklevel=3)
-                self._store_failed = True
+        except Exception as exc:
+            self._store_failed = True
+            path = str(getattr(self.store, "path", "?"))
+            reason = f"{type(exc).__name__}: {exc}"
+            last = int(self.history.step[-1]) if len(self.history) else None
+            self.meta["store_incomplete"] = {"path": path, "reason": reason, "last_step": last}
+            warnings.warn(f"the run store {path!r} could not be written ({reason}); training goes on without it. What is "
+                          "measured stays in memory (guard.history, guard.findings(), guard.report()); the store holds only "
+                          "the steps written before this.", GradGuardWarning, stacklevel=3)
+
+    @property
+    def store_failed(self) -> bool:
+        """True once a store write failed (the store then holds only the run's beginning)."""
+        return self._store_failed
 
     def close(self) -> None:
         if self.store is not None:
-            self._write(self.store.close)
+            try:
+                self.store.close()  # RunStore.close never raises; another store object might
+            except Exception:
+                pass
             self.store = None
