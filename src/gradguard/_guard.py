@@ -404,7 +404,8 @@ def _store_findings(meta: Mapping[str, Any]) -> list:
 
     return [Finding(
         "STORE_INCOMPLETE", "info",
-        f"the run store {failed['path']} stopped being written after step {failed['last_step']} ({failed['reason']}); "
+        f"the run store {failed['path']} stopped being written "
+        f"{'before any step' if failed['last_step'] is None else 'after step ' + str(failed['last_step'])} ({failed['reason']}); "
         "it holds only the run's beginning. This report and guard.history hold the whole run.",
         [failed["path"]], dict(failed),
         "Free disk space or fix the store path's permissions, then keep the whole run with guard.to_store('run-full.sqlite').",

@@ -64,6 +64,7 @@ class Recorder:
         self._device_names: tuple[str, ...] = ()
         self._host_names: tuple[str, ...] = ()
         self._store_failed = False
+        self._last_written: int | None = None  # the last step the store holds
         if store is not None and self.meta:
             self._write(store.set_meta, **self.meta)
 
@@ -117,8 +118,8 @@ class Recorder:
 
     def add(self, chunk: Chunk) -> None:
         self.history.append(chunk)
-        if self.store is not None:
-            self._write(self.store.write_chunk, chunk)
+        if self.store is not None and self._write(self.store.write_chunk, chunk):
+            self._last_written = int(chunk.steps[-1]) if len(chunk.steps) else self._last_written
         for listen in self.listeners:
             listen(chunk)
         for log in self.loggers:
@@ -172,7 +173,7 @@ class Recorder:
             store.add_event(event.step, event.kind, event.payload())
         return store
 
-    def _write(self, fn: Callable, *args: Any, **kwargs: Any) -> None:
+    def _write(self, fn: Callable, *args: Any, **kwargs: Any) -> bool:
         """Write to the store; the first failure warns once, and the store is written no more.
 
         A full disk, a removed file or lost permissions must not stop training: what is measured
@@ -180,18 +181,19 @@ class Recorder:
         the findings and the report that the store holds only the run's beginning.
         """
         if self._store_failed:
-            return
+            return False
         try:
             fn(*args, **kwargs)
+            return True
         except Exception as exc:
             self._store_failed = True
             path = str(getattr(self.store, "path", "?"))
             reason = f"{type(exc).__name__}: {exc}"
-            last = int(self.history.step[-1]) if len(self.history) else None
-            self.meta["store_incomplete"] = {"path": path, "reason": reason, "last_step": last}
+            self.meta["store_incomplete"] = {"path": path, "reason": reason, "last_step": self._last_written}
             warnings.warn(f"the run store {path!r} could not be written ({reason}); training goes on without it. What is "
                           "measured stays in memory (guard.history, guard.findings(), guard.report()); the store holds only "
                           "the steps written before this.", GradGuardWarning, stacklevel=3)
+            return False
 
     @property
     def store_failed(self) -> bool:
