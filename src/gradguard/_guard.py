@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
-
+import os
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 
 import gradguard._distributed as _distributed
 from gradguard._clipping import unclipped_stats
-from gradguard._errors import check_choice, check_int, check_norm_type
+from gradguard._errors import GradGuardWarning, check_choice, check_int, check_norm_type
 from gradguard._grads import CachedCollector, GradBatch
 from gradguard._grouping import Grouping
 from gradguard._history import Chunk
@@ -117,6 +118,11 @@ class Guard:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Guard needs the nn.Module being trained, got {type(model).__name__}.")
+        spike_z = _check_spike_z(spike_z)
+        locate_nonfinite = _check_bool("locate_nonfinite", locate_nonfinite)
+        loggers = _check_loggers(loggers)
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"name must be a string or None, got {name!r} of type {type(name).__name__}.")
         self.model = model = unwrap(model)  # torch.compile/DDP wrappers off: names as the user wrote them
         self.clipper = resolve_clipper(clip)
         self.nonfinite = check_choice("nonfinite", nonfinite, POLICIES)
@@ -131,7 +137,7 @@ class Guard:
         self.module_names = self.grouping.labels
         self._policy = NonfinitePolicy(self.nonfinite, self.max_consecutive_skips, scaler, self.log_every)
         self.recorder = Recorder(
-            self.module_names, store=_open_store(store), loggers=loggers, max_history=max_history,
+            self.module_names, store=_open_store(store, owner=self), loggers=loggers, max_history=max_history,
             meta=run_meta(model, name=self.name, clipper=self.clipper, norm_type=self.norm_type, nonfinite=self.nonfinite, module_names=self.module_names),
         )
         names, extra = _split_probes(probes)
@@ -144,6 +150,7 @@ class Guard:
         )
         self._slots = ParameterSlots(model)
         self._collect = CachedCollector()
+        self._ownership_checked = False  # the optimizer's ownership of the parameters is checked once, at the first step
         self._nan: dict[torch.device, Tensor] = {}  # the loss column of steps given no loss
         self._step = 0
         self._closed = False
@@ -175,6 +182,12 @@ class Guard:
     # ------------------------------------------------------------------ the step
     def step(self, optimizer: torch.optim.Optimizer, *, loss: Tensor | float | None = None) -> StepInfo:
         """Unscale, measure, clip, apply the non-finite policy, and step ``optimizer``."""
+        if optimizer is None or not callable(getattr(optimizer, "step", None)):
+            raise TypeError(
+                f"guard.step(optimizer) needs the optimizer to step (e.g. a torch.optim.Optimizer), got "
+                f"{'None' if optimizer is None else type(optimizer).__name__}. To measure and clip without "
+                "stepping, call guard.check() and step the optimizer yourself."
+            )
         return self._run(optimizer, loss, stepping=True)
 
     def check(self, optimizer: torch.optim.Optimizer | None = None, *, loss: Tensor | float | None = None) -> StepInfo:
@@ -191,6 +204,8 @@ class Guard:
     def _run(self, optimizer, loss, stepping: bool) -> StepInfo:
         if self._closed:
             raise RuntimeError("this Guard was closed; build a new one to keep guarding.")
+        if optimizer is not None and not self._ownership_checked:
+            self._check_ownership(optimizer)
         self._step += 1
         step = self._step
         with torch.no_grad():
@@ -198,6 +213,9 @@ class Guard:
                 self._unscale(optimizer)
             batch = self._collect(self._slots.named())
             norms = self._measure(batch)
+            # "raise" decides before clipping, so the gradients it reports are left as they were
+            # (torch's error_if_nonfinite). It reads the flag every step, as it always has.
+            self._policy.raise_if_nonfinite(step, norms)
             stats = self.clipper.apply(batch, norms) if self.clipper is not None else unclipped_stats(norms)
             index, present, present_host = self.grouping.index(norms.names, norms.vector.device) if norms.names else (None, None, [])
             module_norms = self._module_norms(norms, index, present)
@@ -208,6 +226,28 @@ class Guard:
             info = StepInfo(step, skipped, stats.norm_before, stats.norm_after, stats.clipped, stats.threshold, stats.coef, module_norms)
             self._record(info, loss, optimizer)
         return info
+
+    def _check_ownership(self, optimizer: Any) -> None:
+        """Warn once when the optimizer does not own every trainable parameter of the model: those
+        parameters would be measured and clipped but never updated (a wrong optimizer, or one built
+        before a layer was added). Runs on the host, at the first step given an optimizer only."""
+        self._ownership_checked = True
+        groups = getattr(optimizer, "param_groups", None)
+        if not isinstance(groups, (list, tuple)):
+            return  # not a torch optimizer: nothing to compare
+        owned = {id(p) for group in groups if isinstance(group, Mapping) for p in group.get("params", ())}
+        missing = [name for name, p in self._slots.named() if p.requires_grad and id(p) not in owned]
+        if not missing:
+            return
+        total = sum(1 for _, p in self._slots.named() if p.requires_grad)
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        warnings.warn(
+            f"the optimizer given to guard.step ({type(optimizer).__name__}) does not own {len(missing)} of the "
+            f"{total} trainable parameters of the guarded {type(self.model).__name__}: {shown}. Those are measured "
+            "and clipped but never updated. Build the optimizer from this model's parameters "
+            "(e.g. torch.optim.AdamW(model.parameters())), or guard the model the optimizer trains.",
+            GradGuardWarning, stacklevel=4,
+        )
 
     def _measure(self, batch: GradBatch) -> GradNorms:
         norms = batch_norms(batch, self.norm_type)
@@ -263,10 +303,14 @@ class Guard:
         return self.recorder.run_data(forward_order=self.monitor.forward_order, recurrent=recurrent_spectra(self.model))
 
     def findings(self) -> list:
-        """Run the diagnosis rules on what was measured so far; root causes first."""
+        """Run the diagnosis rules on what was measured so far; root causes first. When the run
+        store failed during the run, a last ``STORE_INCOMPLETE`` finding (severity info) says so."""
+        return self._findings(self.run_data())
+
+    def _findings(self, data: RunData) -> list:
         from gradguard._diagnose import findings_of  # the rules sit above the core
 
-        found = findings_of(self.run_data())
+        found = findings_of(data) + _store_findings(data.meta)
         if self.store is not None:
             self.recorder._write(self.store.replace_findings, found)
         return found
@@ -276,6 +320,7 @@ class Guard:
         from gradguard._diagnose import write_run_report
 
         data = self.run_data()
+        data.findings = self._findings(data)
         return write_run_report(data, path, format=format, title=self.name)
 
     def to_store(self, path: str | Path, findings: list | None = None) -> RunStore:
@@ -302,16 +347,17 @@ class Guard:
             "step": self._step,
             "consecutive": self._policy.consecutive,
             "skips": self.skipped_steps,
+            "clipper_type": type(self.clipper).__name__ if self.clipper is not None else None,
             "clipper": self.clipper.state_dict() if self.clipper is not None else {},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._step = int(state["step"])
-        self._policy.consecutive = int(state["consecutive"])
-        self._policy.skips = int(state["skips"])
-        self._policy.reset_device_counters()
+        """Restore ``state_dict()``'s counters and clipper state; checked as a whole before any is set."""
+        counters = _check_guard_state(state, self.clipper)
         if self.clipper is not None:
-            self.clipper.load_state_dict(state["clipper"])
+            self.clipper.load_state_dict(state.get("clipper", {}))  # the clipper checks its own state
+        self._step, self._policy.consecutive, self._policy.skips = counters
+        self._policy.reset_device_counters()
 
     # ------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -343,14 +389,113 @@ def _split_probes(probes: Any) -> tuple[Any, list[Probe]]:
     return [p for p in items if not isinstance(p, Probe)], [p for p in items if isinstance(p, Probe)]
 
 
-def _open_store(store: str | Path | RunStore | None) -> RunStore | None:
+def _open_store(store: str | Path | RunStore | None, owner: Any) -> RunStore | None:
+    """The run store this Guard writes, claimed as its one writer (``RunStore.claim``): a second
+    writer on the same file is refused here, at construction, not at its first flush."""
     if store is None or not _distributed.is_main_process():
         return None
     if not isinstance(store, RunStore):
-        if not isinstance(store, (str, Path)):
-            raise TypeError(f"store must be a path or a RunStore, got {type(store).__name__}.")
+        if not isinstance(store, (str, os.PathLike)):
+            raise TypeError(f"store must be a path or a RunStore, got {store!r} of type {type(store).__name__}.")
         store = RunStore(store)
+    store.claim(owner)
     return store
+
+
+def _store_findings(meta: Mapping[str, Any]) -> list:
+    """The store failed during the run: say so, with where and why (the run itself is in memory)."""
+    failed = meta.get("store_incomplete")
+    if not failed:
+        return []
+    from gradguard._finding import Finding
+
+    return [Finding(
+        "STORE_INCOMPLETE", "info",
+        f"the run store {failed['path']} stopped being written "
+        f"{'before any step' if failed['last_step'] is None else 'after step ' + str(failed['last_step'])} ({failed['reason']}); "
+        "it holds only the run's beginning. This report and guard.history hold the whole run.",
+        [failed["path"]], dict(failed),
+        "Free disk space or fix the store path's permissions, then keep the whole run with guard.to_store('run-full.sqlite').",
+    )]
+
+
+# ---------------------------------------------------------------------- argument and state checks
+def _check_spike_z(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"spike_z must be a positive number (a z-score such as 6.0) or None to turn spike detection off, "
+                        f"got {value!r} of type {type(value).__name__}.")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"spike_z must be a finite number > 0 (a z-score such as 6.0), or None to turn spike detection off; got {value!r}.")
+    return float(value)
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}.")
+    return value
+
+
+def _check_loggers(loggers: Any) -> Sequence[Callable[[Chunk], None]]:
+    if callable(loggers):
+        raise TypeError("loggers must be a list of callables; wrap the one logger in a list: loggers=[logger].")
+    if isinstance(loggers, (str, bytes)) or not isinstance(loggers, Iterable):
+        raise TypeError(f"loggers must be a list of callables taking a Chunk, got {type(loggers).__name__}.")
+    loggers = list(loggers)
+    for i, log in enumerate(loggers):
+        if not callable(log):
+            raise TypeError(f"loggers[{i}] must be callable (it receives each Chunk of statistics), got {log!r}.")
+    return loggers
+
+
+_STATE_KEYS = ("step", "consecutive", "skips", "clipper_type", "clipper")
+
+
+def _check_guard_state(state: Any, clipper: Any) -> tuple[int, int, int]:
+    """Validate a ``Guard.state_dict()`` against this Guard; returns (step, consecutive, skips).
+
+    A clipper's state is never dropped: loading it into a Guard without that clipper, or a state
+    without one into a Guard whose clipper keeps state, is an error.
+    """
+    from gradguard._errors import suggest
+
+    if not isinstance(state, Mapping):
+        raise TypeError(f"Guard.load_state_dict needs the dict from guard.state_dict(), got {type(state).__name__}.")
+    unknown = [k for k in state if k not in _STATE_KEYS]
+    if unknown:
+        raise ValueError(f"Guard.load_state_dict got unknown key {unknown[0]!r}.{suggest(str(unknown[0]), _STATE_KEYS)} "
+                         f"A Guard state has the keys {', '.join(_STATE_KEYS)} (from guard.state_dict()).")
+    missing = [k for k in ("step", "consecutive", "skips") if k not in state]
+    if missing:
+        raise ValueError(f"Guard.load_state_dict: the state lacks {', '.join(map(repr, missing))} (it has {sorted(state) or 'no keys'}); "
+                         "pass the dict returned by guard.state_dict().")
+    counters = []
+    for key in ("step", "consecutive", "skips"):
+        value = state[key]
+        if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ValueError(f"Guard.load_state_dict: {key!r} must be an int >= 0, got {value!r}.")
+        counters.append(int(value))
+    step, consecutive, skips = counters
+    if consecutive > step or skips > step or consecutive > skips:
+        raise ValueError(f"Guard.load_state_dict: inconsistent counters step={step}, consecutive={consecutive}, skips={skips} "
+                         "(a run cannot skip more steps than it took, nor more in a row than in all).")
+    held = state.get("clipper", {})
+    if not isinstance(held, Mapping):
+        raise TypeError(f"Guard.load_state_dict: 'clipper' must be the clipper's state dict, got {type(held).__name__}.")
+    have = type(clipper).__name__ if clipper is not None else None
+    saved = state.get("clipper_type", have if held or clipper is None else None)
+    if saved is not None and not isinstance(saved, str):
+        raise TypeError(f"Guard.load_state_dict: 'clipper_type' must be a class name or None, got {saved!r}.")
+    if clipper is None and (saved is not None or held):
+        raise ValueError(f"Guard.load_state_dict: the state holds the state of a {saved or 'stateful'} clipper, but this Guard has no clipper "
+                         f"(clip=None). Build the Guard with the clip= of the run that saved it.")
+    if clipper is not None and saved != have and (saved is not None or clipper.state_dict()):
+        raise ValueError(f"Guard.load_state_dict: the state was saved by a Guard with clipper {saved or 'None'}, but this Guard's clipper is "
+                         f"{have}; its state would be lost or misread. Build the Guard with the clip= of the run that saved it.")
+    return step, consecutive, skips
 
 
 def _max_lr(optimizer: Any) -> float:

@@ -41,12 +41,24 @@ class NonfinitePolicy:
     def total_skips(self) -> int:
         return self.skips + (int(self._device["total"]) if self._device is not None else 0)
 
+    def raise_if_nonfinite(self, step: int, norms: GradNorms) -> None:
+        """Mode "raise": raise before anything (clipping included) touches the gradients, so the
+        error leaves them as they were, as torch's ``clip_grad_norm_(error_if_nonfinite=True)``."""
+        if self.mode != "raise" or bool(norms.finite):  # the one host read of the step, as for "skip"
+            return
+        self.last_names = names = norms.nonfinite
+        raise NonFiniteGradientError(message(step, names, self.max_consecutive_skips, first=True), names)
+
     def apply(self, step: int, optimizer, batch: GradBatch, norms: GradNorms) -> tuple[Tensor, bool | None]:
         """Carry out the policy and the optimizer step (``optimizer`` None: the caller steps).
 
         Returns (skipped as a device bool, skipped as a host bool or None when decided on the device).
         """
         bad = ~norms.finite
+        if self.mode == "raise":  # ``raise_if_nonfinite`` already ran: the gradients are finite
+            if optimizer is not None:
+                self._optimizer_step(optimizer, None)
+            return torch.zeros_like(bad), False
         if self.mode == "ignore":
             if optimizer is not None:
                 self._optimizer_step(optimizer, bad if self.scaler is not None else None)
@@ -62,8 +74,6 @@ class NonfinitePolicy:
             return bad, False
         names = norms.nonfinite
         self.last_names = names
-        if self.mode == "raise":
-            raise NonFiniteGradientError(message(step, names, self.max_consecutive_skips, first=True), names)
         self.consecutive += 1
         self.skips += 1
         if self.consecutive > self.max_consecutive_skips:

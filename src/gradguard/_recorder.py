@@ -49,6 +49,8 @@ class Recorder:
         max_history: int | None = 100_000,
         meta: Mapping[str, Any] | None = None,
     ):
+        if max_history is not None and (isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1):
+            raise ValueError(f"max_history must be a positive int (steps kept in memory) or None to keep every step, got {max_history!r}.")
         self.module_names = list(module_names)
         self.history = History(self.module_names, max_history)
         self.store = store
@@ -62,6 +64,7 @@ class Recorder:
         self._device_names: tuple[str, ...] = ()
         self._host_names: tuple[str, ...] = ()
         self._store_failed = False
+        self._last_written: int | None = None  # the last step the store holds
         if store is not None and self.meta:
             self._write(store.set_meta, **self.meta)
 
@@ -115,8 +118,8 @@ class Recorder:
 
     def add(self, chunk: Chunk) -> None:
         self.history.append(chunk)
-        if self.store is not None:
-            self._write(self.store.write_chunk, chunk)
+        if self.store is not None and self._write(self.store.write_chunk, chunk):
+            self._last_written = int(chunk.steps[-1]) if len(chunk.steps) else self._last_written
         for listen in self.listeners:
             listen(chunk)
         for log in self.loggers:
@@ -170,16 +173,37 @@ class Recorder:
             store.add_event(event.step, event.kind, event.payload())
         return store
 
-    def _write(self, fn: Callable, *args: Any, **kwargs: Any) -> None:
+    def _write(self, fn: Callable, *args: Any, **kwargs: Any) -> bool:
+        """Write to the store; the first failure warns once, and the store is written no more.
+
+        A full disk, a removed file or lost permissions must not stop training: what is measured
+        stays in memory, and ``meta["store_incomplete"]`` (path, reason, last step written) tells
+        the findings and the report that the store holds only the run's beginning.
+        """
+        if self._store_failed:
+            return False
         try:
             fn(*args, **kwargs)
-        except Exception as exc:  # a full disk or a locked file must not stop training
-            if not self._store_failed:
-                warnings.warn(f"the run store could not be written ({type(exc).__name__}: {exc}); training goes on, and what "
-                              "is measured stays in memory (guard.history, guard.report()).", GradGuardWarning, stacklevel=3)
-                self._store_failed = True
+            return True
+        except Exception as exc:
+            self._store_failed = True
+            path = str(getattr(self.store, "path", "?"))
+            reason = f"{type(exc).__name__}: {exc}"
+            self.meta["store_incomplete"] = {"path": path, "reason": reason, "last_step": self._last_written}
+            warnings.warn(f"the run store {path!r} could not be written ({reason}); training goes on without it. What is "
+                          "measured stays in memory (guard.history, guard.findings(), guard.report()); the store holds only "
+                          "the steps written before this.", GradGuardWarning, stacklevel=3)
+            return False
+
+    @property
+    def store_failed(self) -> bool:
+        """True once a store write failed (the store then holds only the run's beginning)."""
+        return self._store_failed
 
     def close(self) -> None:
         if self.store is not None:
-            self._write(self.store.close)
+            try:
+                self.store.close()  # RunStore.close never raises; another store object might
+            except Exception:
+                pass
             self.store = None

@@ -5,7 +5,7 @@ makes each committed transaction durable against a killed process: after a SIGKI
 opens and holds every chunk committed before it, so at most the unflushed interval is lost.
 Nothing is pickled: numbers are columns, structured values JSON, vectors raw float64 bytes.
 
-Schema (``schema_version`` 1):
+Schema (``schema_version`` 2):
 
     meta(key TEXT PRIMARY KEY, value TEXT)            -- JSON values: run name, versions, config,
                                                           norm_type, module list, ...
@@ -24,6 +24,22 @@ Schema (``schema_version`` 1):
 
 A store opened on an existing file appends: a resumed run keeps writing into the same file, and
 re-written steps replace the old rows.
+
+One writer per file. The first write (or ``claim()``, which Guard calls at construction) takes an
+exclusive ``flock`` on the side file ``<store>.lock`` and writes the owner (pid, host, start time)
+into it; the kernel drops the lock when the process ends, however it ends, so a killed run never
+leaves a stale lock. A second writer, in another process or a second Guard of the same process,
+gets ``StoreLockedError`` naming the path and the owner, before it writes anything. Reading takes
+no lock: ``gradguard report`` reads a store while its run writes it. (Platforms without ``fcntl``
+get no lock.) The lock file is removed when the writer closes the store.
+
+What a store is, and what it refuses. Only a gradguard store is opened: its ``meta`` table holds
+``schema_version``. Any other file (another application's SQLite database, a text or binary
+file, a directory) is refused with ``StoreError`` naming the path, and is left unchanged; so is
+a path that cannot be created or written. Versions: ``schema_version`` counts layouts. A store of
+an older layout is read as it is and migrated in place (``_MIGRATIONS``) when it is first
+written; one of a newer layout is refused. Layouts: 1 (steps without ``coef`` and ``lr``);
+2 (steps with every ``_rundata.STEP_COLUMNS`` entry).
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
@@ -40,11 +57,33 @@ from typing import Any
 import numpy as np
 
 from gradguard import _io
+from gradguard._errors import GradGuardError
 from gradguard._finding import Finding
 from gradguard._history import Chunk
 from gradguard._rundata import STEP_COLUMNS
 
-SCHEMA_VERSION = 1
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory lock (see the module docstring)
+    fcntl = None
+
+SCHEMA_VERSION = 2
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_TABLES = frozenset({"meta", "modules", "steps", "module_stats", "vectors", "events", "findings", "sqlite_sequence"})
+
+
+class StoreError(GradGuardError):
+    """A run store path that cannot be used: not a gradguard store, or not writable. Names the path."""
+
+
+class StoreLockedError(StoreError):
+    """The run store is being written by another writer (``owner`` holds its pid, host and start time)."""
+
+    def __init__(self, message: str, path: Path, owner: Mapping[str, Any]):
+        super().__init__(message)
+        self.path = path
+        self.owner = dict(owner)
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -93,45 +132,114 @@ class RunStore:
     """Open (creating if needed) the run store at ``path``; see the module docstring for the schema."""
 
     def __init__(self, path: str | os.PathLike, meta: Mapping[str, Any] | None = None):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL: a commit survives a killed process (the WAL is in the OS's hands), not a power cut.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._add_step_columns()
+        self.path = _check_path(path)
+        self._memory = str(path) == ":memory:"
+        self._lock: _WriterLock | None = None
+        self._owner: Any = None
+        self._db: sqlite3.Connection | None = None
+        new = self._memory or not self.path.exists() or self.path.stat().st_size == 0
+        if not new:
+            _check_header(self.path)
+        elif not self._memory:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the run store {str(self.path)!r}: its folder cannot be made ({exc.strerror or exc}). "
+                                 "Pass a path in a writable folder.") from None
+        try:
+            self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            # NORMAL: a commit survives a killed process (the WAL is in the OS's hands), not a power cut.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self.version = SCHEMA_VERSION if new else _stored_version(self._db, self.path)
+        except sqlite3.Error as exc:
+            self.close()
+            raise StoreError(f"cannot open the run store {str(self.path)!r}: {exc}. Pass the path of a gradguard run store, or a new file.") from None
+        except BaseException:
+            self.close()
+            raise
+        if new:
+            self.claim()  # creating the file is writing it
+        self._step_columns = [row[1] for row in self._db.execute("PRAGMA table_info(steps)")]
         self._module_ids: dict[str, int] = dict((name, mid) for mid, name in self._db.execute("SELECT id, name FROM modules"))
-        existing = self.meta
-        if "schema_version" in existing and existing["schema_version"] != SCHEMA_VERSION:
-            raise ValueError(f"{self.path} has run-store schema {existing['schema_version']}; this gradguard reads {SCHEMA_VERSION}.")
-        if "schema_version" not in existing:
-            self.set_meta(schema_version=SCHEMA_VERSION, created=time.time())
         if meta:
             self.set_meta(**meta)
 
-    def _add_step_columns(self) -> None:
-        """Give the steps table every declared column it lacks (new stores, and older ones)."""
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(steps)")}
-        for col in STEP_COLUMNS:
-            if col.name not in have:
-                self._db.execute(f"ALTER TABLE steps ADD COLUMN {col.name} {'INTEGER' if col.kind == 'bool' else 'REAL'}")
+    def claim(self, owner: Any = None) -> None:
+        """Become this file's one writer (see the module docstring), migrating an older layout.
+
+        ``owner`` (Guard passes itself) makes a second Guard handed the same ``RunStore`` object
+        an error too. Raises ``StoreLockedError`` when another writer holds the file.
+        """
+        if owner is not None:
+            if self._owner is not None and self._owner is not owner:
+                raise StoreLockedError(f"the run store {str(self.path)!r} is already written by another Guard in this process "
+                                       f"(pid {os.getpid()}); give each Guard its own store path, or close the first one.",
+                                       self.path, _owner_info())
+            self._owner = owner
+        if self._lock is not None or self._db is None:
+            return
+        if not self._memory:
+            self._lock = _WriterLock(self.path)
+        if self.version != SCHEMA_VERSION or not self._has_tables():
+            self._create_or_migrate()
+        if self._lock is not None:
+            self._lock.db_inode = _inode(self.path)  # the file exists now
+
+    def _create_or_migrate(self) -> None:
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            with _Transaction(self._db):
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                for version in range(self.version, SCHEMA_VERSION):
+                    _MIGRATIONS[version](self._db)
+                _add_step_columns(self._db)  # a new file's steps table gets its declared columns here
+                created = {} if "schema_version" in self.meta else {"created": time.time()}
+                self._write_meta(schema_version=SCHEMA_VERSION, **created)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write the run store {str(self.path)!r}: {exc}.") from None
+        self.version = SCHEMA_VERSION
         self._step_columns = [row[1] for row in self._db.execute("PRAGMA table_info(steps)")]
+
+    def _has_tables(self) -> bool:
+        names = {n for (n,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return _TABLES - {"sqlite_sequence"} <= names
 
     # ------------------------------------------------------------------ writing
     def _transaction(self):
+        """Every write goes through here: the first one claims the file (one writer per store)."""
+        if self._db is None:
+            raise StoreError(f"the run store {str(self.path)!r} is closed; open a new RunStore to write it.")
+        if self._lock is None and not self._memory:
+            self.claim()
         return _Transaction(self._db)
 
     def set_meta(self, **values: Any) -> None:
         with self._transaction():
-            self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [(k, _dumps(v)) for k, v in values.items()])
+            self._write_meta(**values)
+
+    def _write_meta(self, **values: Any) -> None:
+        self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [(k, _dumps(v)) for k, v in values.items()])
 
     def _module_id(self, name: str) -> int:
         mid = self._module_ids.get(name)
         if mid is None:
-            mid = self._db.execute("INSERT INTO modules(name) VALUES (?)", (name,)).lastrowid
+            self._db.execute("INSERT OR IGNORE INTO modules(name) VALUES (?)", (name,))
+            (mid,) = self._db.execute("SELECT id FROM modules WHERE name = ?", (name,)).fetchone()
             self._module_ids[name] = mid
         return mid
+
+    def _check_still_there(self) -> None:
+        """A store file deleted or replaced under a running writer would swallow every later write."""
+        if self._memory or self._lock is None:
+            return
+        try:
+            same = os.stat(self.path).st_ino == self._lock.db_inode
+        except OSError:
+            same = False
+        if not same:
+            raise StoreError(f"the run store file {str(self.path)!r} was removed or replaced while it was being written.")
 
     def write_chunk(self, chunk: Chunk) -> None:
         """Steps and per-module gradient norms of one chunk, in one transaction (probes: ``write_module_stats``)."""
@@ -140,6 +248,7 @@ class RunStore:
         cells = [_ints(chunk.scalars[c.name]) if c.kind == "bool" else _reals(chunk.scalars[c.name]) for c in STEP_COLUMNS]
         rows = [(step, *values, now) for step, *values in zip(chunk.steps.tolist(), *cells)]
         sql = f"INSERT OR REPLACE INTO steps(step, {', '.join(names)}, wall_time) VALUES ({', '.join('?' * (len(names) + 2))})"
+        self._check_still_there()  # one stat per chunk
         with self._transaction():
             ids = [self._module_id(m) for m in chunk.module_names]
             self._db.executemany(sql, rows)
@@ -179,9 +288,18 @@ class RunStore:
         self.add_findings(findings)
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        """Close the file and release the writer lock; never raises (a store must not stop a run)."""
+        db, self._db = self._db, None
+        lock, self._lock = self._lock, None
+        self._owner = None
+        try:
+            if db is not None:
+                db.close()
+        except sqlite3.Error:
+            pass
+        finally:
+            if lock is not None:
+                lock.release()
 
     def __enter__(self) -> RunStore:
         return self
@@ -204,6 +322,8 @@ class RunStore:
         rows = self._db.execute(f"SELECT {', '.join(names)} FROM steps ORDER BY step").fetchall()
         table = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
         out = {n: table[:, i] for i, n in enumerate(names)}
+        for col in STEP_COLUMNS:  # an older layout read as it is: its missing columns were not measured
+            out.setdefault(col.name, np.full(len(rows), np.nan))
         out["step"] = out["step"].astype(np.int64)
         for col in STEP_COLUMNS:
             if col.kind == "bool":
@@ -244,6 +364,144 @@ class RunStore:
     def findings(self) -> list[Finding]:
         rows = self._db.execute("SELECT step, code, severity, message, location, evidence, remedy FROM findings ORDER BY id")
         return [Finding(code, sev, msg, json.loads(loc), json.loads(ev), remedy, step) for step, code, sev, msg, loc, ev, remedy in rows]
+
+
+def _add_step_columns(db: sqlite3.Connection) -> None:
+    """Give the steps table every declared column it lacks (NULL in older rows: not measured)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(steps)")}
+    for col in STEP_COLUMNS:
+        if col.name not in have:
+            db.execute(f"ALTER TABLE steps ADD COLUMN {col.name} {'INTEGER' if col.kind == 'bool' else 'REAL'}")
+
+
+# _MIGRATIONS[v] takes a store from layout v to v + 1, inside the claiming transaction.
+# 1 -> 2: the steps table gains ``coef`` and ``lr``.
+_MIGRATIONS = {1: _add_step_columns}
+
+
+def _check_path(path: Any) -> Path:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a run store path must be a str or a pathlib.Path, got {path!r} of type {type(path).__name__}.")
+    if str(path).strip() == "":
+        raise StoreError("the run store path is empty; pass a file path such as 'runs/run.sqlite'.")
+    path = Path(path)
+    if str(path) == ":memory:":
+        return path
+    if path.is_dir():
+        raise StoreError(f"the run store path {str(path)!r} is a directory; pass a file path inside it, e.g. {str(path / 'run.sqlite')!r}.")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise StoreError(f"cannot create the run store {str(path)!r}: {str(parent)!r} is a file, not a folder.")
+            break
+    return path
+
+
+def _check_header(path: Path) -> None:
+    """An existing non-empty file must be an SQLite database; refuse anything else unread and unchanged."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise StoreError(f"cannot read the run store {str(path)!r}: {exc.strerror or exc}.") from None
+    if head != _SQLITE_MAGIC:
+        raise StoreError(f"{str(path)!r} is not a gradguard run store (not an SQLite file); it was left unchanged. "
+                         "Pass a new file path, or the path of a store written by gradguard.")
+
+
+def _stored_version(db: sqlite3.Connection, path: Path) -> int:
+    """The layout of an existing file; refuses a foreign database and a newer layout (reading only)."""
+    tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return SCHEMA_VERSION  # an empty database: made a store at the first write
+    if "meta" not in tables or not tables <= _TABLES:
+        foreign = sorted(tables - _TABLES) or sorted(tables)
+        raise StoreError(f"{str(path)!r} is an SQLite database but not a gradguard run store (it has table(s) "
+                         f"{', '.join(foreign[:5])}); it was left unchanged. Pass a new file path for the run store.")
+    row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    version = 1 if row is None else json.loads(row[0])  # a layout-1 store killed before its version was written
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise StoreError(f"{str(path)!r} has an invalid run-store schema_version {version!r}; it is not a store gradguard wrote.")
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{str(path)!r} is a run store of layout {version}, written by a newer gradguard; this one reads "
+                         f"layouts up to {SCHEMA_VERSION}. Upgrade: pip install -U gradguard")
+    return version
+
+
+def _owner_info() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+
+
+def _describe(owner: Mapping[str, Any]) -> str:
+    if not owner:
+        return "a writer that did not say who it is"
+    since = owner.get("since")
+    when = time.strftime(" since %Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(since, (int, float)) else ""
+    here = owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname()
+    who = f"pid {owner.get('pid')} on host {owner.get('host')}{when}"
+    return f"another Guard or RunStore of this process ({who})" if here else f"process {who}"
+
+
+class _WriterLock:
+    """An exclusive ``flock`` on ``<store>.lock`` holding the owner as JSON (module docstring)."""
+
+    def __init__(self, db_path: Path):
+        self.path = db_path.with_name(db_path.name + ".lock")
+        self.fd: int | None = None
+        self.db_inode = _inode(db_path)
+        for _ in range(5):  # the file may be unlinked by a releasing owner between open and flock
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise StoreError(f"cannot write the run store {str(db_path)!r}: {exc.strerror or exc} ({str(self.path)!r}). "
+                                 "Pass a path in a writable folder.") from None
+            if fcntl is None:
+                self.fd = fd
+                break
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                owner = _read_owner(fd)
+                os.close(fd)
+                raise StoreLockedError(
+                    f"the run store {str(db_path)!r} is being written by {_describe(owner)}; a store has one writer. "
+                    "Give this run its own store path, or wait for that run to close its Guard.", db_path, owner) from None
+            if _inode(self.path) == os.fstat(fd).st_ino:
+                self.fd = fd
+                break
+            os.close(fd)
+        else:
+            raise StoreError(f"cannot lock the run store {str(db_path)!r}: its lock file keeps changing.")
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, json.dumps(_owner_info()).encode(), 0)
+
+    def release(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            os.unlink(self.path)  # while still holding the lock: a waiting opener sees the inode change
+        except OSError:
+            pass
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return None
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    try:
+        owner = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
 
 
 class _Transaction:
