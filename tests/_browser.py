@@ -55,7 +55,9 @@ class Browser:
         self.proc = subprocess.Popen(
             [binary, *FLAGS, "--remote-debugging-pipe", f"--user-data-dir={profile_dir}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(3, 4), preexec_fn=lambda: _onto_3_and_4(to_chrome_r, from_chrome_w),
+            # Chromium insists on fds 3 and 4, which only the child can arrange (before exec; the
+            # test process starts no threads around this call).
+            pass_fds=(3, 4), preexec_fn=lambda: _onto_3_and_4(to_chrome_r, from_chrome_w),  # noqa: PLW1509
         )
         os.close(to_chrome_r)
         os.close(from_chrome_w)
@@ -159,8 +161,8 @@ class Browser:
     def close(self) -> None:
         try:
             self.call("Browser.close", session=False)
-        except Exception:
-            pass
+        except (RuntimeError, TimeoutError, OSError):
+            self.proc.kill()  # it did not answer: make sure it is gone
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:

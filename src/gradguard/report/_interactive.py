@@ -18,7 +18,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from gradguard._extras import require
-from gradguard.report.plots import COLORS, CYCLE, _bin_max, _edges, _has_positive, _positive, _short
+from gradguard.report.plots import (
+    COLORS,
+    CYCLE,
+    _bin_max,
+    _edges,
+    _has_positive,
+    _positive,
+    _short,
+)
 
 MAX_POINTS = 1500
 HEATMAP_COLUMNS = 600  # columns of a heatmap image (steps are resampled onto a uniform grid)

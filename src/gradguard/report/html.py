@@ -28,8 +28,21 @@ import numpy as np
 
 from gradguard._extras import available, install_command
 from gradguard.report import plots
-from gradguard.report.data import Claim, LabData, LabFigure, RunData, clipper_text, figure_table, clipping_stats, default_title, describe, versions_text, forward_order, severity_counts
 from gradguard.report._summaries import event_summary
+from gradguard.report.data import (
+    Claim,
+    LabData,
+    LabFigure,
+    RunData,
+    clipper_text,
+    clipping_stats,
+    default_title,
+    describe,
+    figure_table,
+    forward_order,
+    severity_counts,
+    versions_text,
+)
 
 MAX_EVENT_ROWS = 200
 MAX_TABLE_ROWS = 400

@@ -16,7 +16,16 @@ from collections.abc import Sequence
 import numpy as np
 
 from gradguard.report._summaries import event_summary, steps_text
-from gradguard.report.data import LabData, RunData, clipping_stats, figure_table, default_title, describe, forward_order, severity_counts
+from gradguard.report.data import (
+    LabData,
+    RunData,
+    clipping_stats,
+    default_title,
+    describe,
+    figure_table,
+    forward_order,
+    severity_counts,
+)
 
 MAX_ROWS = 40  # rows per table; the HTML report has the rest
 
