@@ -95,6 +95,14 @@ def _source(x, y):
     return ColumnDataSource({"x": np.asarray(x, dtype=np.float64), "y": np.asarray(y, dtype=np.float64)})
 
 
+def _plain(text: str):
+    """A label drawn as written: Bokeh would typeset ``$$...$$`` in an axis or tick label with
+    MathJax, fetched from a CDN; a module name must never make the page go online."""
+    from bokeh.models import PlainText
+
+    return PlainText(text=text)
+
+
 def _finite_or_nan(values) -> np.ndarray:
     a = np.asarray(values, dtype=np.float64)
     return np.where(np.isfinite(a), a, np.nan)
@@ -126,7 +134,7 @@ def gradient_flow(modules: Sequence[str], grad_norm=None, error_norm=None, grad_
     p.add_tools(HoverTool(renderers=drawn, tooltips=[("series", "$name"), ("module", "@module"), ("norm", "@y{0.000e}")]))
     stride = max(1, int(np.ceil(len(modules) / 40)))
     p.xaxis.ticker = list(range(0, len(modules), stride))
-    p.xaxis.major_label_overrides = {i: _short(modules[i]) for i in range(0, len(modules), stride)}
+    p.xaxis.major_label_overrides = {i: _plain(_short(modules[i])) for i in range(0, len(modules), stride)}
     if len(modules) > 6:
         p.xaxis.major_label_orientation = 1.0
     _legend(p)
@@ -266,7 +274,7 @@ def timestep_heatmap(steps, values, module: str = ""):
     r = prof.line("x", "y", source=_source(np.arange(1, T + 1), values[last]), color=COLORS["error"], line_width=1.4, name=_short(module, 40) or "profile")
     _hover(prof, [r], "‖dL/dh_t‖", x_label="t")
     parts.append(prof)
-    return row(*parts, sizing_mode="stretch_width") if len(parts) > 1 else prof
+    return row(*parts, sizing_mode="stretch_width", name="timesteps") if len(parts) > 1 else prof
 
 
 # ---------------------------------------------------------------------- units
@@ -300,7 +308,7 @@ def unit_bars(modules: Sequence[str], saturation=None, dead_fraction=None):
             p.y_range = figs[0].y_range
             p.yaxis.visible = False
         figs.append(p)
-    return row(*figs, sizing_mode="stretch_width") if len(figs) > 1 else figs[0]
+    return row(*figs, sizing_mode="stretch_width", name="units-panels") if len(figs) > 1 else figs[0]
 
 
 def update_ratio(steps, modules: Sequence[str], values, reference: float = 1e-3):
