@@ -11,6 +11,7 @@ from gradguard._errors import MissingDependencyError
 # Which extra provides which import name; the install command in errors comes from here.
 _EXTRA_OF = {
     "matplotlib": "report",
+    "bokeh": "report",
     "rich": "report",
     "sklearn": "lab",
     "statsmodels": "lab",

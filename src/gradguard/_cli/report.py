@@ -1,6 +1,7 @@
 """`gradguard report RUN [RUN...] -o report.html`: the report of runs and lab results.
 
-A thin shell over ``gradguard.report.write_report``. The format follows ``--format``, else the
+A thin shell over ``gradguard.report.write_report``. Several runs give one page that compares
+them: their series overlaid, named by run (``--name`` relabels them), and findings per run. The format follows ``--format``, else the
 output (``.md`` gives Markdown, and so does ``-o -``, which prints to stdout), else HTML.
 
 An input that cannot be read (a damaged store, a store that refers to a module it does not list,
@@ -29,6 +30,8 @@ def register(subparsers) -> None:
     p.add_argument("-o", "--output", default=None, help="file to write (default report.html, or report.md with --format md); '-' prints Markdown to stdout")
     p.add_argument("--format", choices=("html", "md"), default=None, help="html (default) or md (Markdown, for terminals and CI logs)")
     p.add_argument("--title", default=None, help="page title (default: built from the run names)")
+    p.add_argument("--name", action="append", default=None, metavar="NAME", help="label of a run in legends and headings; repeat once per run, in order (default: the recorded run name)")
+    p.add_argument("--static", action="store_true", help="static SVG figures instead of interactive ones (a much smaller file; no zoom or hover)")
     p.set_defaults(handler=run)
 
 
@@ -56,11 +59,11 @@ def run(args: argparse.Namespace) -> int:
         if output == "-":
             from gradguard.report._write import render
 
-            sys.stdout.write(render(args.runs, fmt, args.title))
+            sys.stdout.write(render(args.runs, fmt, args.title, names=args.name))
             return 0
         from gradguard.report import write_report
 
-        path = write_report(args.runs, output, format=fmt, title=args.title)
+        path = write_report(args.runs, output, format=fmt, title=args.title, interactive=False if args.static else None, names=args.name)
     except Exception as exc:
         error = _unreadable_input(exc, output)
         if error is None or os.environ.get("GRADGUARD_DEBUG"):

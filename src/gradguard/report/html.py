@@ -1,12 +1,14 @@
 """The HTML report: one self-contained file that opens offline.
 
-CSS is inline, figures are SVG embedded as ``data:`` URIs (an ``<img>`` never runs scripts and
-keeps each figure's ids to itself), and the page has no script and no external URL. Every string
-that comes from a run (module, run and file names, finding texts, event payloads, lab tables)
-goes through ``html.escape``. Without matplotlib the report still renders, with tables in place
-of figures.
+CSS is inline and nothing on the page points outside it. A run's figures are interactive where
+Bokeh is installed (``_interactive``: zoom on the step axis, hover values, series toggled from the
+legend; BokehJS is inlined, so the page opens offline), else static SVG embedded as ``data:`` URIs
+(an ``<img>`` never runs scripts), else, without matplotlib too, tables. Lab figures are always
+SVG. Every string that comes from a run (module, run and file names, finding texts, event
+payloads, lab tables) goes through ``html.escape``.
 
-Order, per the issue: findings first (most urgent first, coloured by severity), then for each run
+Order: findings first (per run, in the order the rules return them: root causes before the
+symptoms they explain; coloured by severity), then with several runs their overlaid series, then for each run
 the gradient flow, the total-norm timeline, the per-time-step heatmap, saturation and dead units,
 clipping statistics, update-to-weight ratio and events; then each lab claim beside its anchor,
 with the figures its experiment declares (or, for results that declare none, its list metrics).
@@ -15,8 +17,10 @@ with the figures its experiment declares (or, for results that declare none, its
 from __future__ import annotations
 
 import base64
+import contextvars
 import html
 import math
+import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -24,8 +28,21 @@ import numpy as np
 
 from gradguard._extras import available, install_command
 from gradguard.report import plots
-from gradguard._finding import SEVERITIES
-from gradguard.report.data import Claim, LabData, LabFigure, RunData, clipper_text, figure_table, clipping_stats, default_title, describe, event_details, versions_text, forward_order, severity_counts
+from gradguard.report._summaries import event_summary
+from gradguard.report.data import (
+    Claim,
+    LabData,
+    LabFigure,
+    RunData,
+    clipper_text,
+    clipping_stats,
+    default_title,
+    describe,
+    figure_table,
+    forward_order,
+    severity_counts,
+    versions_text,
+)
 
 MAX_EVENT_ROWS = 200
 MAX_TABLE_ROWS = 400
@@ -62,11 +79,29 @@ def _figure(svg: str | None, caption: str, alt: str) -> str:
     return f'<figure><img src="data:image/svg+xml;base64,{data}" alt="{esc(alt)}"><figcaption>{caption}</figcaption></figure>'
 
 
+_SEPARATOR = re.compile(r"([._/:\-,])(?=[^\s<])")
+
+
+def breakable(value: object) -> str:
+    """Escaped text that may wrap only after a separator (``layers.0.weight_hh`` breaks at the
+    dots and the underscore, never inside "weight"): a ``<wbr>`` after each one; the CSS lets
+    table cells grow instead of breaking words (their container scrolls sideways)."""
+    return _SEPARATOR.sub(r"\1<wbr>", esc(value))
+
+
+def _cell(v: object) -> str:
+    if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
+        return f'<td class="num">{fmt(v)}</td>'
+    if v is None or isinstance(v, bool):
+        return f"<td>{fmt(v)}</td>"
+    return f"<td>{breakable(v)}</td>"
+
+
 def _table(columns: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "data", limit: int = MAX_TABLE_ROWS) -> str:
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = []
     for row in rows[:limit]:
-        cells = "".join(f'<td class="num">{fmt(v)}</td>' if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else f"<td>{fmt(v)}</td>" for v in row)
+        cells = "".join(_cell(v) for v in row)
         body.append(f"<tr>{cells}</tr>")
     more = f'<p class="note">{len(rows) - limit} more rows not shown.</p>' if len(rows) > limit else ""
     return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>{more}'
@@ -81,6 +116,47 @@ def _plot(fn: Callable[..., str | None], *args, **kwargs) -> str | None:
     if not available("matplotlib"):
         return None
     return fn(*args, **kwargs)
+
+
+class _Figures:
+    """The interactive figures of the page being rendered: each gets a placeholder in the body,
+    replaced by its ``<div>`` once every model is known (one Bokeh document for the page)."""
+
+    def __init__(self) -> None:
+        self.models: list = []
+        self.captions: list[tuple[str, str]] = []
+
+    def add(self, model, caption: str, alt: str) -> str:
+        self.models.append(model)
+        self.captions.append((caption, alt))
+        return f"<!--gradguard-figure-{len(self.models) - 1}-->"  # user text is escaped: it never holds "<!--"
+
+    def fill(self, page: str) -> tuple[str, str]:
+        """(page with the figures in place, the scripts to put at the end of the body)."""
+        if not self.models:
+            return page, ""
+        from gradguard.report import _interactive
+
+        library, script, divs = _interactive.embed(self.models)
+        for i, (div, (caption, alt), model) in enumerate(zip(divs, self.captions, self.models)):
+            fig = f'<figure class="interactive" data-figure="{esc(model.name or "")}" role="img" aria-label="{esc(alt)}">{div}<figcaption>{caption}</figcaption></figure>'
+            page = page.replace(f"<!--gradguard-figure-{i}-->", fig, 1)
+        return page, library + script
+
+
+_FIGURES: contextvars.ContextVar[_Figures | None] = contextvars.ContextVar("gradguard_report_figures", default=None)
+
+
+def _show(kind: str, args: Sequence, caption: str, alt: str) -> str:
+    """A run figure: interactive (``_interactive.<kind>``) while an interactive page renders,
+    else the static SVG of ``plots.<kind>``; "" when there is nothing to draw."""
+    figures = _FIGURES.get()
+    if figures is not None:
+        from gradguard.report import _interactive
+
+        model = getattr(_interactive, kind)(*args)
+        return figures.add(model, caption, alt) if model is not None else ""
+    return _figure(_plot(getattr(plots, kind), *args), caption, alt)
 
 
 # ---------------------------------------------------------------------- findings
@@ -111,21 +187,30 @@ def _plain_number(value) -> str:
     return html.unescape(fmt(value))
 
 
-def _findings_section(runs: list[RunData]) -> str:
-    several = len(runs) > 1
-    tagged = [(f, run.name if several else None) for run in runs for f in run.findings]
-    tagged.sort(key=lambda item: -SEVERITIES.index(item[0].severity))  # most urgent first, across runs
-    cards = [_finding_html(f, label) for f, label in tagged]
-    if not cards:
-        body = '<p class="ok">No findings: nothing in the recorded statistics tripped a diagnosis rule.</p>'
-    else:
-        counts = {"error": 0, "warning": 0, "info": 0}
-        for run in runs:
-            for k, v in severity_counts(run.findings).items():
-                counts[k] = counts.get(k, 0) + v
-        summary = " ".join(f'<span class="pill sev-{k}">{v} {k}{"s" if v != 1 and k != "info" else ""}</span>' for k, v in counts.items() if v)
-        body = f'<p class="counts">{summary}</p>' + "".join(cards)
-    return _section("findings", "Findings", body)
+def _counts(findings) -> str:
+    counts = severity_counts(findings)
+    pills = " ".join(f'<span class="pill sev-{k}">{v} {k}{"s" if v != 1 and k != "info" else ""}</span>' for k, v in counts.items() if v)
+    return f'<p class="counts">{pills}</p>'
+
+
+NO_FINDINGS = '<p class="ok">No findings: nothing in the recorded statistics tripped a diagnosis rule.</p>'
+
+
+def _findings_section(runs: list[RunData], nav: list[tuple[str, str, int]]) -> str:
+    """Each run's findings in the order the rules return them (root causes before the symptoms
+    they explain, so the first warning or error is the likeliest cause); several runs get one
+    block each, in the order given."""
+    if len(runs) == 1:
+        findings = runs[0].findings
+        body = _counts(findings) + "".join(_finding_html(f, None) for f in findings) if findings else NO_FINDINGS
+        return _section("findings", "Findings", body)
+    blocks = []
+    for i, run in enumerate(runs, 1):
+        bid = f"findings-{i}"
+        nav.append((bid, f"Findings: {run.name}", 1))
+        inner = _counts(run.findings) + "".join(_finding_html(f, run.name) for f in run.findings) if run.findings else NO_FINDINGS
+        blocks.append(f'<div class="run-findings" id="{bid}" data-run="{i}"><h3>{esc(run.name)}</h3>{inner}</div>')
+    return _section("findings", "Findings", "".join(blocks))
 
 
 # ---------------------------------------------------------------------- per-run sections
@@ -146,27 +231,45 @@ def _gradient_flow(run: RunData) -> str | None:
     modules = [all_modules[j] for j in order]
     g = (g[0], g[1][order]) if g else None
     e = (e[0], e[1][order]) if e else None
-    svg = _plot(plots.gradient_flow, modules, g[1] if g else None, e[1] if e else None, g[0] if g else None, e[0] if e else None)
     caption = "Norm per module at the latest step that measured it, log scale. A slope down towards the input side is a vanishing gradient; up is an exploding one."
+    flow = _show("gradient_flow", (modules, g[1] if g else None, e[1] if e else None, g[0] if g else None, e[0] if e else None), caption, "gradient flow per module")
     rows = [[m, g[1][j] if g else math.nan, e[1][j] if e else math.nan] for j, m in enumerate(modules)]
     table = _details("Numbers", _table(["module", f"‖dL/dW‖ (step {g[0]})" if g else "‖dL/dW‖", f"‖dL/dh‖ (step {e[0]})" if e else "‖dL/dh‖"], rows))
     heat = ""
     if grad is not None and len(grad.steps) >= 2:
         rows = [j for j in order if j in set(grad.measured().tolist())]
-        heat = _figure(_plot(plots.norm_heatmap, grad.steps, [all_modules[j] for j in rows], grad.values[:, rows]), "Weight-gradient norm per module over training (log10, colour).", "gradient norm heatmap")
-    return _figure(svg, caption, "gradient flow per module") + table + heat
+        heat = _show("norm_heatmap", (grad.steps, [all_modules[j] for j in rows], grad.values[:, rows]), "Weight-gradient norm per module over training (log10, colour).", "gradient norm heatmap")
+    return flow + table + heat
 
 
 def _timeline(run: RunData) -> str | None:
     s = run.columns()
     if not run.n_steps:
         return None
-    svg = _plot(plots.norm_timeline, s["step"], s["norm_before"], s["norm_after"], s["threshold"], s["skipped"], s["loss"])
-    if svg is None and not available("matplotlib"):
+    if _FIGURES.get() is None and not available("matplotlib"):
         rows = [[int(st), nb, na, th, bool(sk)] for st, nb, na, th, sk in zip(s["step"], s["norm_before"], s["norm_after"], s["threshold"], s["skipped"])]
         return _table(["step", "norm before", "norm after", "threshold", "skipped"], rows)
-    caption = "Total gradient norm per optimizer step before and after clipping, with the clipping threshold; triangles on the top edge mark skipped steps. Long runs show each bin's maximum."
-    return _figure(svg, caption, "total gradient norm timeline")
+    args = (s["step"], s["norm_before"], s["norm_after"], s["threshold"], s["skipped"], s["loss"])
+    return _show("norm_timeline", args, timeline_caption(run), "total gradient norm timeline")
+
+
+def timeline_caption(run: RunData) -> str:
+    """What the timeline shows, naming only what is drawn: the threshold and the after-clipping
+    line where a clipper was in force, the triangles where steps were skipped."""
+    s = run.scalars
+    clipper = clipper_text(run.meta.get("clipper")) or (s["threshold"].size and bool(np.isfinite(s["threshold"]).any()))
+    n_skipped = int(s["skipped"].sum())
+    if clipper:
+        text = "Total gradient norm per optimizer step before and after clipping, with the clipping threshold (dashed)."
+    else:
+        text = "Total gradient norm per optimizer step (no clipper was in force)."
+    if n_skipped:
+        text += f" Triangles at the top mark the {n_skipped} skipped step{'s' if n_skipped != 1 else ''}."
+    if "loss" in s and np.isfinite(s["loss"]).any():
+        text += " Below: the loss."
+    if run.n_steps > plots.MAX_POINTS:
+        text += " Long runs show each bin's maximum."
+    return text
 
 
 def _timestep_section(run: RunData) -> str | None:
@@ -174,7 +277,6 @@ def _timestep_section(run: RunData) -> str | None:
         return None
     parts = []
     for ts in run.timesteps:
-        svg = _plot(plots.timestep_heatmap, ts.steps, ts.values, ts.module)
         last = ts.values[np.flatnonzero(np.isfinite(ts.values).any(axis=1))[-1]] if np.isfinite(ts.values).any() else None
         ratio = _ends_ratio(last)
         caption = (
@@ -182,10 +284,8 @@ def _timestep_section(run: RunData) -> str | None:
             f"measured at {len(ts.steps)} training step(s)."
             + (f" At the latest, ‖dL/dh_1‖ / ‖dL/dh_T‖ = {fmt(ratio)}." if ratio is not None else "")
         )
-        if svg:
-            parts.append(_figure(svg, caption, f"per-time-step gradient norms of {ts.module}"))
-        else:
-            parts.append(f"<p>{caption}</p>")
+        shown = _show("timestep_heatmap", (ts.steps, ts.values, ts.module), caption, f"per-time-step gradient norms of {ts.module}")
+        parts.append(shown or f"<p>{caption}</p>")
     return "".join(parts)
 
 
@@ -208,12 +308,12 @@ def _units(run: RunData) -> str | None:
     modules = [(sat or dead).modules[j] for j in order]
     s = (s[0], s[1][order]) if s else None
     d = (d[0], d[1][order]) if d else None
-    svg = _plot(plots.unit_bars, modules, s[1] if s else None, d[1] if d else None)
     steps = ", ".join(f"{label} at step {x[0]}" for label, x in (("saturation", s), ("dead units", d)) if x)
     caption = f"Share of units per module that are saturated (activation derivative near zero) or dead (never active on the batch); {steps}."
     rows = [[m, 100 * s[1][j] if s else math.nan, 100 * d[1][j] if d else math.nan] for j, m in enumerate(modules)]
     rows = [r for r in rows if not (math.isnan(r[1]) and math.isnan(r[2]))]
-    return _figure(svg, caption, "saturation and dead units per module") + _details("Numbers", _table(["module", "saturated (%)", "dead (%)"], rows))
+    bars = _show("unit_bars", (modules, s[1] if s else None, d[1] if d else None), caption, "saturation and dead units per module")
+    return bars + _details("Numbers", _table(["module", "saturated (%)", "dead (%)"], rows))
 
 
 def _clipping(run: RunData) -> str | None:
@@ -240,11 +340,10 @@ def _update_ratio(run: RunData) -> str | None:
     ur = run.metrics.get("update_ratio")
     if ur is None or not np.isfinite(ur.values).any():
         return None
-    svg = _plot(plots.update_ratio, ur.steps, ur.modules, ur.values)
     latest = ur.latest()
     rows = [[m, latest[1][j]] for j, m in enumerate(ur.modules) if np.isfinite(latest[1][j])] if latest else []
     caption = "Size of each optimizer update relative to the weights it changes, per module; the dashed line marks the 1e-3 rule of thumb."
-    return _figure(svg, caption, "update to weight ratio") + _details(f"Numbers (step {latest[0]})" if latest else "Numbers", _table(["module", "‖update‖ / ‖weight‖"], rows))
+    return _show("update_ratio", (ur.steps, ur.modules, ur.values), caption, "update to weight ratio") + _details(f"Numbers (step {latest[0]})" if latest else "Numbers", _table(["module", "‖update‖ / ‖weight‖"], rows))
 
 
 def _events(run: RunData) -> str | None:
@@ -254,8 +353,8 @@ def _events(run: RunData) -> str | None:
     for ev in run.events:
         counts[ev["kind"]] = counts.get(ev["kind"], 0) + 1
     summary = " ".join(f'<span class="pill">{esc(k)}: {v}</span>' for k, v in counts.items())
-    rows = [[ev.get("step") if ev.get("step") is not None else "\u2014", ev["kind"], event_details(ev)] for ev in run.events]
-    return f'<p class="counts">{summary}</p>' + _table(["step", "kind", "details"], rows, limit=MAX_EVENT_ROWS)
+    rows = [[ev.get("step") if ev.get("step") is not None else "\u2014", ev["kind"], event_summary(ev, fmt=_plain_number)] for ev in run.events]
+    return f'<p class="counts">{summary}</p>' + _table(["step", "kind", "what happened"], rows, limit=MAX_EVENT_ROWS)
 
 
 RUN_SECTIONS = (
@@ -305,8 +404,21 @@ def _comparison(runs: list[RunData]) -> str:
         c = severity_counts(run.findings)
         rows.append([run.name, run.n_steps, stats.get("median norm before clipping", math.nan), stats.get("largest norm before clipping", math.nan), f"{100 * stats.get('share clipped', 0):.1f}%", int(stats.get("skipped steps", 0)), c["error"], c["warning"], c["info"]])
     table = _table(["run", "steps", "median norm", "largest norm", "clipped", "skipped", "errors", "warnings", "info"], rows)
-    svg = _plot(plots.overlaid_timelines, {run.name: (run.steps, run.scalars["norm_before"]) for run in runs})
-    return table + _figure(svg, "Total gradient norm before clipping, every run on one log axis.", "total gradient norm of every run")
+    names = _distinct_names(runs)
+    norms = _show("overlaid_timelines", ({n: (run.steps, run.scalars["norm_before"]) for n, run in zip(names, runs)},), "Total gradient norm before clipping, every run on one log axis.", "total gradient norm of every run")
+    loss = ""
+    if _FIGURES.get() is not None:  # the static page keeps its one overlay
+        from gradguard.report import _interactive
+
+        model = _interactive.overlaid_timelines({n: (run.steps, run.scalars["loss"]) for n, run in zip(names, runs)}, name="comparison-loss", y_label="loss", log_y=False)
+        loss = _FIGURES.get().add(model, "Loss of every run.", "loss of every run") if model is not None else ""
+    return table + norms + loss
+
+
+def _distinct_names(runs: list[RunData]) -> list[str]:
+    """Run names for legends, numbered where two runs share one (a legend entry per run)."""
+    names = [run.name for run in runs]
+    return [f"{n} ({i})" if names.count(n) > 1 else n for i, n in enumerate(names, 1)]
 
 
 # ---------------------------------------------------------------------- lab
@@ -373,8 +485,24 @@ def _lab_section(lab: LabData, index: int, nav: list[tuple[str, str, int]]) -> s
 
 
 # ---------------------------------------------------------------------- page
-def render(items: Sequence[RunData | LabData], title: str | None = None) -> str:
-    """The whole page as one string."""
+def render(items: Sequence[RunData | LabData], title: str | None = None, interactive: bool | None = None) -> str:
+    """The whole page as one string. ``interactive``: Bokeh figures for the runs (True: required,
+    False: static SVG, None: where Bokeh is installed)."""
+    if interactive is None:
+        interactive = available("bokeh")
+    elif interactive:
+        from gradguard._extras import require
+
+        require("bokeh", "the interactive report")
+    figures = _Figures() if interactive else None
+    token = _FIGURES.set(figures)
+    try:
+        return _render(items, title, figures)
+    finally:
+        _FIGURES.reset(token)
+
+
+def _render(items: Sequence[RunData | LabData], title: str | None, figures: _Figures | None) -> str:
     runs = [x for x in items if isinstance(x, RunData)]
     labs = [x for x in items if isinstance(x, LabData)]
     from gradguard import __version__
@@ -384,7 +512,7 @@ def render(items: Sequence[RunData | LabData], title: str | None = None) -> str:
     body = []
     if runs:
         nav.append(("findings", "Findings", 0))
-        body.append(_findings_section(runs))
+        body.append(_findings_section(runs, nav))
     if len(runs) > 1:
         nav.append(("comparison", "All runs", 0))
         body.append(_section("comparison", "All runs", _comparison(runs)))
@@ -392,17 +520,23 @@ def render(items: Sequence[RunData | LabData], title: str | None = None) -> str:
         body.append(_run_section(run, i, nav))
     for i, lab in enumerate(labs, 1):
         body.append(_lab_section(lab, i, nav))
-    if not available("matplotlib"):
+    if not available("matplotlib") and (figures is None or labs):
         body.insert(0, f'<p class="note">Figures are missing because matplotlib is not installed; install it with: {esc(install_command("matplotlib"))}</p>')
+    elif figures is None and runs and not available("bokeh"):
+        body.insert(0, f'<p class="note">The figures are static: for zoom, hover values and series shown or hidden from the legend, install Bokeh with: {esc(install_command("bokeh"))}</p>')
     toc = "".join(f'<li class="lvl{lvl}"><a href="#{esc(sid)}">{esc(text)}</a></li>' for sid, text, lvl in nav)
     generated = time.strftime("%Y-%m-%d %H:%M")
-    return (
+    page = (
         "<!DOCTYPE html>\n"
         f'<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">'
         f'<meta name="generator" content="gradguard {esc(__version__)}"><title>{esc(title)}</title><style>{CSS}</style></head>'
         f'<body><header class="page"><h1>{esc(title)}</h1><p class="sub">Generated {generated} by gradguard {esc(__version__)}</p></header>'
-        f'<div class="layout"><nav><ol>{toc}</ol></nav><main>{"".join(body)}</main></div></body></html>\n'
+        f'<div class="layout"><nav><ol>{toc}</ol></nav><main>{"".join(body)}</main></div><!--gradguard-scripts--></body></html>\n'
     )
+    scripts = ""
+    if figures is not None:
+        page, scripts = figures.fill(page)
+    return page.replace("<!--gradguard-scripts-->", scripts, 1)
 
 
 CSS = """
@@ -427,11 +561,13 @@ main{flex:1;min-width:0}
 section{scroll-margin-top:8px}
 figure{margin:8px 0 16px}
 figure img{display:block;max-width:100%;height:auto}
+figure.interactive{min-height:120px}
+.run-findings h3{margin-top:16px}
 figcaption{color:var(--muted);font-size:12.5px;margin-top:4px;max-width:80ch}
-code{font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;background:var(--soft);border:1px solid var(--line);border-radius:4px;padding:0 4px;overflow-wrap:anywhere}
+code{font:12.5px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace;background:var(--soft);border:1px solid var(--line);border-radius:4px;padding:0 4px;overflow-wrap:break-word}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}
-th,td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top;overflow-wrap:anywhere}
+th,td{padding:4px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top;overflow-wrap:normal;word-break:normal}
 thead th{font-weight:600;background:var(--soft);white-space:nowrap}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 table.kv th{font-weight:500;color:var(--muted);padding-right:24px}

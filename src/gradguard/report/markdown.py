@@ -18,8 +18,17 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from gradguard._finding import SEVERITIES
-from gradguard.report.data import LabData, RunData, clipping_stats, figure_table, default_title, describe, event_details, forward_order, severity_counts
+from gradguard.report._summaries import event_summary, steps_text
+from gradguard.report.data import (
+    LabData,
+    RunData,
+    clipping_stats,
+    default_title,
+    describe,
+    figure_table,
+    forward_order,
+    severity_counts,
+)
 
 MAX_ROWS = 40  # rows per table; the HTML report has the rest
 
@@ -78,15 +87,22 @@ class _Raw(str):
 
 
 def _findings(runs: list[RunData]) -> list[str]:
+    """Each run's findings in the order the rules return them (root causes first); with several
+    runs, one block per run."""
     out = ["## Findings", ""]
     several = len(runs) > 1
-    tagged = [(f, run) for run in runs for f in run.findings]
-    tagged.sort(key=lambda item: -SEVERITIES.index(item[0].severity))  # most urgent first, across runs
-    for f, run in tagged:
+    for run in runs:
+        if several:
+            out += [f"### {text(run.name)}", ""]
+        out += _finding_lines(run)
+    return out
+
+
+def _finding_lines(run: RunData) -> list[str]:
+    out = []
+    for f in run.findings:
         where = ", ".join(code(w) for w in f.where[:8]) + (f" and {len(f.where) - 8} more" if len(f.where) > 8 else "")
         head = f"- **{f.severity.upper()}** {code(f.code)}"
-        if several:
-            head += f" ({text(run.name)})"
         if f.step is not None:
             head += f" at step {int(f.step)}"
         out.append(f"{head}: {text(f.message)}")
@@ -96,7 +112,7 @@ def _findings(runs: list[RunData]) -> list[str]:
             out.append("  - evidence: " + "; ".join(f"{text(k)} = {text(describe(v, num))}" for k, v in f.evidence.items()))
         if f.remedy:
             out.append(f"  - remedy: {text(f.remedy)}")
-    if not tagged:
+    if not run.findings:
         out.append("No findings: nothing in the recorded statistics tripped a diagnosis rule.")
     return out + [""]
 
@@ -123,7 +139,7 @@ def _run(run: RunData, heading: str = "##") -> list[str]:
             out.append(f"norm before clipping: min {num(q[0])}, median {num(q[1])}, 90th percentile {num(q[2])}, max {num(q[3])}")
         skipped = s["step"][s["skipped"]]
         if len(skipped):
-            out.append("skipped steps: " + ", ".join(str(int(x)) for x in skipped[:30]) + (" ..." if len(skipped) > 30 else ""))
+            out.append(f"skipped at {steps_text(skipped.tolist())}")
         out.append("")
     for ts in run.timesteps:
         rows = np.flatnonzero(np.isfinite(ts.values).any(axis=1))
@@ -150,8 +166,8 @@ def _run(run: RunData, heading: str = "##") -> list[str]:
         rows = [[_Raw(code(m)), latest[1][j]] for j, m in enumerate(ur.modules) if np.isfinite(latest[1][j])]
         out += [f"{sub} Update-to-weight ratio (step {latest[0]})", ""] + table(["module", "‖update‖ / ‖weight‖"], rows)
     if run.events:
-        rows = [[ev.get("step"), _Raw(text(ev["kind"])), _Raw(text(event_details(ev, 160)))] for ev in run.events]
-        out += [f"{sub} Events", ""] + table(["step", "kind", "details"], rows)
+        rows = [[ev.get("step"), _Raw(text(ev["kind"])), _Raw(text(event_summary(ev, fmt=num, limit=160)))] for ev in run.events]
+        out += [f"{sub} Events", ""] + table(["step", "kind", "what happened"], rows)
     return out
 
 

@@ -122,6 +122,26 @@ def _edges(x: np.ndarray) -> np.ndarray:
     return np.concatenate([[x[0] - (mid[0] - x[0])], mid, [x[-1] + (x[-1] - mid[-1])]])
 
 
+def _label_log_axis(ax, values) -> None:
+    """Tick labels on a log y axis whatever its span: matplotlib labels only powers of ten, so
+    norms that stay within one decade (2 to 8, say) would get no label at all. Under one decade:
+    plain ticks at round values; under two: 1-2-5 steps; wider: the default powers of ten."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite) & (finite > 0)]
+    if not finite.size:
+        return
+    span = finite.max() / finite.min()
+    if span < 10:
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+    elif span < 100:
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    else:
+        return
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+
+
 def _module_ticks(ax, names: Sequence[str], axis: str = "x") -> None:
     """Write module names on an axis, thinned to at most MAX_LABELS, shortened to 32 characters."""
     n = len(names)
@@ -216,6 +236,7 @@ def norm_timeline(steps, norm_before, norm_after=None, threshold=None, skipped=N
         ax.plot(x, binned["threshold"], color=COLORS["threshold"], linewidth=1.0, linestyle="--", label="clipping threshold")
     if any(np.isfinite(v).any() for v in binned.values()):
         ax.set_yscale("log")
+        _label_log_axis(ax, np.concatenate([v for v in binned.values()]))
     if skipped is not None and np.any(skipped):
         skip_steps = steps[np.asarray(skipped, dtype=bool)]
         if len(skip_steps) <= 200:
