@@ -31,7 +31,9 @@ def _missing(packages: tuple[str, ...]) -> bool:
 
 
 collect_ignore = ["src/gradguard/__main__.py"]
-collect_ignore_glob = [path for path, packages in _NEEDS.items() if _missing(packages)]
+# tests/_*.py are scripts that tests launch in subprocesses (torchrun jobs, a Keras backend fixed
+# at import): importing them for doctests would run their set-up in the test process.
+collect_ignore_glob = ["tests/_*.py", *(path for path, packages in _NEEDS.items() if _missing(packages))]
 
 # Files whose every test trains through Lightning, the HF Trainer, the lab, a browser or a benchmark.
 SLOW_FILES = {
