@@ -56,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from gradguard import _io
+import gradguard._io as _io
 from gradguard._errors import GradGuardError
 from gradguard._finding import Finding
 from gradguard._history import Chunk
