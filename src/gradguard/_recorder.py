@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -183,3 +184,17 @@ class Recorder:
         if self.store is not None:
             self._write(self.store.close)
             self.store = None
+
+
+def open_store(store: Any) -> Any:
+    """The run store Guard writes: rank 0 opens it (a path or a RunStore); other ranks none."""
+    import gradguard._distributed as _distributed
+    from gradguard._store import RunStore
+
+    if store is None or not _distributed.is_main_process():
+        return None
+    if not isinstance(store, RunStore):
+        if not isinstance(store, (str, Path)):
+            raise TypeError(f"store must be a path or a RunStore, got {type(store).__name__}.")
+        store = RunStore(store)
+    return store
