@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradguard"
-CORE = ["_guard.py", "_grads.py", "_norms.py", "_grouping.py", "_policy.py", "_slots.py", "_stepinfo.py", "_monitor.py",
+CORE = ["_guard.py", "_grads.py", "_names.py", "_norms.py", "_grouping.py", "_policy.py", "_slots.py", "_stepinfo.py", "_monitor.py",
         "_recorder.py", "_rundata.py", "_events.py", "_history.py", "_store.py", "_metrics.py", "_runmeta.py", "_probes"]
 ABOVE = ("gradguard.report", "gradguard._rules", "gradguard.integrations", "gradguard.lab", "gradguard.cli", "gradguard._cli", "gradguard.keras")
 SEAMS = {("_guard.py", "gradguard._diagnose")}

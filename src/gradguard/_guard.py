@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -38,13 +37,13 @@ from gradguard._monitor import Monitor
 from gradguard._names import unwrap
 from gradguard._norms import GradNorms, batch_norms
 from gradguard._policy import POLICIES, NonfinitePolicy
-from gradguard._probes import Probe, build_probes, resolve_periods, resolve_probes
-from gradguard._recorder import Recorder
+from gradguard._probes import build_probes, resolve_periods, resolve_probes, split_probes
+from gradguard._recorder import Recorder, open_store
 from gradguard._rundata import RunData
 from gradguard._runmeta import recurrent_spectra, run_meta
 from gradguard._slots import ParameterSlots, agree_across_ranks
 from gradguard._probes._spikes import SPIKE_Z
-from gradguard._stepinfo import StepInfo, resolve_clipper
+from gradguard._stepinfo import StepInfo, max_lr, resolve_clipper
 from gradguard._store import RunStore
 
 
@@ -137,10 +136,10 @@ class Guard:
         self.module_names = self.grouping.labels
         self._policy = NonfinitePolicy(self.nonfinite, self.max_consecutive_skips, scaler, self.log_every)
         self.recorder = Recorder(
-            self.module_names, store=_open_store(store, owner=self), loggers=loggers, max_history=max_history,
+            self.module_names, store=open_store(store, owner=self), loggers=loggers, max_history=max_history,
             meta=run_meta(model, name=self.name, clipper=self.clipper, norm_type=self.norm_type, nonfinite=self.nonfinite, module_names=self.module_names),
         )
-        names, extra = _split_probes(probes)
+        names, extra = split_probes(probes)
         self.monitor = Monitor(
             self.grouping,
             build_probes(model, self.grouping, resolve_probes(names), resolve_periods(probe_every), locate_nonfinite=locate_nonfinite, extra=extra),
@@ -282,7 +281,7 @@ class Guard:
         # in one call (the loss is float64, so the row is too), host values stay Python floats.
         device_row = {"norm_before": info.norm_before, "norm_after": info.norm_after, "threshold": info.threshold,
                       "coef": info.coef, "clipped": info.clipped, "skipped": info.skipped, "loss": loss_t}
-        host_row = {"lr": _max_lr(optimizer)}
+        host_row = {"lr": max_lr(optimizer)}
         if optimizer is not None and "optimizer" not in self.recorder.meta:  # for the rules: Adam-family gets a warm-up, a scaler can collapse
             self.recorder.set_meta(optimizer=type(getattr(optimizer, "optimizer", optimizer)).__name__, scaler=bool(self.scaler is not None and self.scaler.is_enabled()))
         if self.recorder.pend(info.step, device_row, host_row, info.module_norms.to(device)) >= self.log_every:
@@ -381,27 +380,6 @@ class Guard:
         return f"Guard(clip={self.clipper!r}, nonfinite={self.nonfinite!r}, steps={self._step}, skipped={self._policy.skips})"
 
 
-def _split_probes(probes: Any) -> tuple[Any, list[Probe]]:
-    """``probes=`` as (preset or probe names, probe objects): objects may stand among the names."""
-    if probes is None or isinstance(probes, (str, Probe)):
-        return (None, [probes]) if isinstance(probes, Probe) else (probes, [])
-    items = list(probes)
-    return [p for p in items if not isinstance(p, Probe)], [p for p in items if isinstance(p, Probe)]
-
-
-def _open_store(store: str | Path | RunStore | None, owner: Any) -> RunStore | None:
-    """The run store this Guard writes, claimed as its one writer (``RunStore.claim``): a second
-    writer on the same file is refused here, at construction, not at its first flush."""
-    if store is None or not _distributed.is_main_process():
-        return None
-    if not isinstance(store, RunStore):
-        if not isinstance(store, (str, os.PathLike)):
-            raise TypeError(f"store must be a path or a RunStore, got {store!r} of type {type(store).__name__}.")
-        store = RunStore(store)
-    store.claim(owner)
-    return store
-
-
 def _store_findings(meta: Mapping[str, Any]) -> list:
     """The store failed during the run: say so, with where and why (the run itself is in memory)."""
     failed = meta.get("store_incomplete")
@@ -497,18 +475,3 @@ def _check_guard_state(state: Any, clipper: Any) -> tuple[int, int, int]:
                          f"{have}; its state would be lost or misread. Build the Guard with the clip= of the run that saved it.")
     return step, consecutive, skips
 
-
-def _max_lr(optimizer: Any) -> float:
-    """The largest learning rate over the param groups, read on the host (NaN without an
-    optimizer). A tensor learning rate on an accelerator reads as NaN: reading it would sync."""
-    groups = getattr(optimizer, "param_groups", None)
-    if not groups:
-        return math.nan
-    best = math.nan
-    for group in groups:
-        lr = group.get("lr")
-        if isinstance(lr, Tensor):
-            lr = lr.item() if lr.device.type == "cpu" else math.nan
-        if isinstance(lr, numbers.Real) and not (best >= lr):
-            best = float(lr)
-    return best

@@ -207,3 +207,23 @@ class Recorder:
             except Exception:
                 pass
             self.store = None
+
+
+def open_store(store: Any, owner: Any = None) -> Any:
+    """The run store Guard writes: rank 0 opens it (a path or a RunStore) and claims it as its one
+    writer (``RunStore.claim``), so a second writer on the same file is refused at construction,
+    not at its first flush; other ranks get none."""
+    import os
+
+    import gradguard._distributed as _distributed
+    from gradguard._store import RunStore
+
+    if store is None or not _distributed.is_main_process():
+        return None
+    if not isinstance(store, RunStore):
+        if not isinstance(store, (str, os.PathLike)):
+            raise TypeError(f"store must be a path or a RunStore, got {store!r} of type {type(store).__name__}.")
+        store = RunStore(store)
+    if owner is not None:
+        store.claim(owner)
+    return store
