@@ -10,7 +10,7 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench bench-smoke lint clean
+.PHONY: demo test test-fast bench bench-smoke lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ demo: $(VENV)/.demo
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
+
+# The fast lane (under a minute on 2 cores): no slow or multi-process tests, and the doctests of
+# the modules that need no framework (conftest.py says which files count as slow).
+test-fast: $(VENV)/.dev
+	$(PY) -m pytest -q -m "not slow and not distributed" tests src/gradguard --ignore=src/gradguard/integrations --ignore=src/gradguard/lab --ignore=src/gradguard/keras
+
+# ruff's rule set is in pyproject.toml ([tool.ruff]); ruff comes with the dev extra.
+lint: $(VENV)/.dev
+	$(PY) -m ruff check src tests benchmarks examples
 
 # Full CPU run (about 10 minutes on 2 cores); the peer clippers come from the `bench` extra.
 # On a GPU: $(PY) -m benchmarks.run --device cuda --out DIR

@@ -76,7 +76,7 @@ def test_in_place_activations_report_what_their_out_of_place_twins_report(make):
         probe = ActivationProbe(model)
         probe.arm()
         model(x)
-        results.append({k: v["1"].item() for k, v in probe.collect().items()})
+        results.append({k: v["1"].item() for k, v in probe.values().items()})
         probe.disarm()
     plain, in_place = results
     assert plain.keys() == in_place.keys()
@@ -92,7 +92,7 @@ def test_the_probe_averages_a_module_called_twice():
     probe.arm()
     a, b = torch.full((4, 3), 10.0), torch.zeros(4, 3)
     act(a), act(b)  # fully saturated, then not at all
-    stats = probe.collect()
+    stats = probe.values()
     probe.disarm()
     assert stats["saturation"]["1"].item() == pytest.approx(0.5)
     assert not math.isnan(stats["preact_std"]["1"].item())
@@ -110,7 +110,7 @@ def test_float64_models_keep_errors_float32_would_round_to_zero():
     probe = DeltaProbe(model)
     probe.arm()
     model(torch.randn(16, 8, dtype=torch.float64)).sum().backward()
-    errors = {k: v.item() for k, v in probe.collect()["error_norm"].items()}
+    errors = {k: v.item() for k, v in probe.values()["error_norm"].items()}
     probe.disarm()
     first = errors[probe.forward_order[0]]
     assert 0.0 < first < 1e-24  # the squares (below 1e-48) underflow in float32
@@ -123,7 +123,51 @@ def test_float64_activations_keep_their_precision(in_place):
     probe = ActivationProbe(model)
     probe.arm()
     model(torch.full((4, 3), 1e-50, dtype=torch.float64))
-    stats = probe.collect()
+    stats = probe.values()
     probe.disarm()
     assert stats["preact_mean"]["1"].dtype == torch.float64
     assert stats["preact_mean"]["1"].item() == pytest.approx(1e-50)
+
+
+def test_a_probe_given_to_guard_gets_every_hook_and_a_nonfinite_step_arms_it():
+    """The protocol seen from a probe: armed on step 1, its period and after a non-finite step
+    (which it hears of through on_nonfinite), collected, disarmed, closed."""
+    import gradguard as gg
+    from gradguard._probes import Probe
+
+    calls = []
+
+    class Spy(Probe):
+        name, period = "spy", 4
+
+        def arm(self):
+            calls.append(("arm",))
+
+        def before_optimizer(self, ctx):
+            calls.append(("before", ctx.step))
+
+        def collect(self, ctx):
+            calls.append(("collect", ctx.step))
+            return {"spy_metric": (tuple(ctx.module_names), torch.ones(len(ctx.module_names)))}
+
+        def on_nonfinite(self, ctx):
+            calls.append(("nonfinite", ctx.step, tuple(ctx.nonfinite)))
+            return True
+
+        def close(self):
+            calls.append(("close",))
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    guard = gg.Guard(model, probes=["norms", Spy()], log_every=2, spike_z=None)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step in range(1, 7):
+        opt.zero_grad()
+        model(torch.randn(8, 4)).pow(2).mean().backward()
+        if step == 2:
+            model[1].weight.grad.fill_(float("nan"))
+        guard.step(opt)
+    guard.close()
+    collected = [c[1] for c in calls if c[0] == "collect"]
+    assert collected == [1, 3, 4]  # step 1, the step after the skip (2 -> 3), and the period
+    assert ("nonfinite", 2, ("1.weight",)) in calls and calls[-1] == ("close",)
+    assert [s for s, _ in guard.recorder.records["spy_metric"]] == [1, 3, 4]

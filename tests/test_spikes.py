@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gradguard._spikes import LOOKBACK_STEPS, SpikeDetector, _ScalarEma, ema_zscores
+from gradguard._probes._spikes import LOOKBACK_STEPS, SpikeDetector, _ScalarEma, ema_zscores
 
 finite_or_not = st.one_of(st.floats(1e-6, 1e6), st.sampled_from([0.0, -1.0, math.nan, math.inf]))
 

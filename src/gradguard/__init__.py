@@ -12,10 +12,10 @@ from gradguard._finding import Finding
 from gradguard._guard import Guard, StepInfo
 from gradguard._history import History
 from gradguard._inspect import Diagnosis, LayerRow, inspect
-from gradguard._locate import locate_nonfinite
+from gradguard._probes._locate import locate_nonfinite
 from gradguard._norms import GradNorms, grad_norms, group_norms, unitwise_norm
 from gradguard._store import RunStore
-from gradguard._version import __version__
+from gradguard._version import __version__ as __version__
 from gradguard import rnn
 
 __all__ = [

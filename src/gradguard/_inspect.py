@@ -169,10 +169,10 @@ def _order_hook(name: str, order: list[str]):
 
 
 def _gather(model, loss, activations, deltas, timesteps, order):
-    from gradguard._guard import _recurrent_spectra
+    from gradguard._runmeta import recurrent_spectra as _recurrent_spectra
 
-    act_stats = activations.collect()
-    errors = deltas.collect().get("error_norm", {})
+    act_stats = activations.values()
+    errors = deltas.values().get("error_norm", {})
     forward_layers = list(deltas.forward_order)
     batch = collect(model)
     norms = batch_norms(batch, 2.0)

@@ -1,56 +1,38 @@
-"""The monitor: probe schedule, spike forensics, non-finite localisation and the run store.
+"""The monitor: the probe schedule, and spike forensics on each flushed chunk.
 
-Guard measures and clips; the monitor decides what else to record and where it goes. Its
-per-step work happens on the device; everything that needs the host waits for ``flush``, which
-Guard calls every ``log_every`` steps.
+Guard measures and clips; the monitor runs the probes (``_probes``) on their steps and hands what
+they measured to the recorder. It loops over a list of ``Probe`` objects and knows none of them by
+name. Their per-step work happens on the device; the values wait for ``flush``, which the
+recorder calls with each chunk of steps (every ``log_every`` steps), and go to the host in one
+transfer per device.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from gradguard._events import ForensicsEvent, SkipEvent, SpikeEvent
 from gradguard._grads import GradBatch
 from gradguard._grouping import Grouping
 from gradguard._history import Chunk
-from gradguard._locate import NonfiniteLocator
-from gradguard._probes._activations import ActivationProbe
-from gradguard._probes._deltas import DeltaProbe
-from gradguard._probes._params import ParamProbe
-from gradguard._events import ForensicsEvent, NonfiniteLocationEvent, SkipEvent, SpikeEvent
+from gradguard._probes._base import Probe, StepContext
+from gradguard._probes._spikes import SpikeDetector
 from gradguard._recorder import Recorder
-from gradguard._spikes import SpikeDetector
-from gradguard.rnn import TimestepProbe
-from gradguard.rnn._cells import is_recurrent
+
 
 class Monitor:
     """Probes on a schedule: step 1, every probe's own period, and the step after an anomaly."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        grouping: Grouping,
-        *,
-        probes: tuple[str, ...],
-        periods: dict[str, int],
-        recorder: Recorder,
-        spike_z: float | None,
-        forensics_steps: int,
-        locate_after_skip: bool,
-    ):
+    def __init__(self, grouping: Grouping, probes: list[Probe], *, recorder: Recorder, spike_z: float | None, forensics_steps: int):
         self.grouping = grouping
-        self.module_names = module_names = grouping.labels
-        self.periods = {name: periods[name] for name in probes}
-        self.activations = ActivationProbe(model) if "activations" in probes else None
-        self.deltas = DeltaProbe(model) if "deltas" in probes else None
-        self.params = ParamProbe() if "norms" in probes else None
-        self.timesteps = _timestep_probes(model) if "timesteps" in probes else {}
-        self.spikes = SpikeDetector(module_names, capacity=forensics_steps, z_thresh=spike_z) if spike_z else None
-        self.locator = NonfiniteLocator(model) if locate_after_skip else None
+        self.module_names = grouping.labels
+        self.probes = list(probes)
+        self.periodic = [p for p in self.probes if p.period is not None]
+        self.spikes = SpikeDetector(self.module_names, capacity=forensics_steps, z_thresh=spike_z) if spike_z else None
         self.recorder = recorder
         recorder.listeners.append(self.flush)
         self.forward_order: list[str] = []
@@ -58,88 +40,80 @@ class Monitor:
         self._pending: list[tuple[int, str, tuple[str, ...], Tensor]] = []
         self._pending_vectors: list[tuple[int, str, str, Tensor]] = []
         self._armed_step: int | None = None
-        self._armed: set[str] = set()
-        self._arm(1, set(self.periods))
+        self._armed: list[Probe] = []
+        self._arm(1, self.periodic)
 
-    # ------------------------------------------------------------------ schedule and hooks
-    def scheduled(self, step: int) -> set[str]:
-        """Probes due at ``step``: all at step 1 (the network at initialisation), each on multiples
-        of its period (which, at the defaults, coincide with Guard's flushes every 10 steps)."""
-        return {name for name, period in self.periods.items() if step == 1 or step % period == 0}
+    # ------------------------------------------------------------------ schedule
+    def scheduled(self, step: int) -> list[Probe]:
+        """Periodic probes due at ``step``: all at step 1 (the network at initialisation), each on
+        multiples of its period (which, at the defaults, coincide with Guard's flushes)."""
+        return [p for p in self.periodic if step == 1 or step % p.period == 0]
 
-    def _hooked(self, names: set[str]) -> list:
-        probes = []
-        if "activations" in names and self.activations is not None:
-            probes.append(self.activations)
-        if "deltas" in names and self.deltas is not None:
-            probes.append(self.deltas)
-        if "timesteps" in names:
-            probes.extend(self.timesteps.values())
-        return probes
-
-    def _arm(self, step: int, names: set[str]) -> None:
-        for probe in self._hooked(names - self._armed if self._armed_step == step else names):
-            probe.arm()
-        self._armed = (self._armed | names) if self._armed_step == step else set(names)
-        self._armed_step = step
-
-    def _disarm(self) -> None:
-        for probe in self._hooked(self._armed):
-            probe.disarm()
-        self._armed = set()
+    def _arm(self, step: int, probes: list[Probe]) -> None:
+        if self._armed_step != step:
+            self._armed = []
+            self._armed_step = step
+        for probe in probes:
+            if probe not in self._armed:
+                probe.arm()
+                self._armed.append(probe)
 
     def probing(self, step: int, name: str | None = None) -> bool:
-        """Whether ``step`` is a probe step (for ``name``, or for any probe)."""
-        return self._armed_step == step and (name in self._armed if name else bool(self._armed))
+        """Whether ``step`` is a probe step (for the probe called ``name``, or for any)."""
+        if self._armed_step != step:
+            return False
+        return any(p.name == name for p in self._armed) if name else bool(self._armed)
 
+    def _context(self, step: int, batch: GradBatch, **fields) -> StepContext:
+        return StepContext(step, batch, self.module_names, emit=self.recorder.add_event, **fields)
+
+    # ------------------------------------------------------------------ the step
     def before_optimizer(self, batch: GradBatch, step: int, stepping: bool) -> None:
-        if self.params is not None and stepping and self.probing(step, "norms"):
-            self.params.before_step(batch)
+        if self._armed_step == step and self._armed:
+            ctx = self._context(step, batch, stepping=stepping)
+            for probe in self._armed:
+                probe.before_optimizer(ctx)
 
-    def end_step(self, step: int, batch: GradBatch, index: Tensor, present: list[bool], stepped: bool, skipped: bool | None) -> None:
-        """Collect this step's probes, note a skip, and arm the next probe step's hooks."""
-        if self.probing(step):
-            out: dict[str, dict[str, Tensor] | tuple[tuple[str, ...], Tensor]] = {}
-            if self.probing(step, "activations"):
-                out.update(self.activations.collect())
-            if self.probing(step, "deltas"):
-                out.update(self.deltas.collect())
-                self.forward_order = list(self.deltas.forward_order) or self.forward_order
-            if self.probing(step, "norms"):
-                if stepped:
-                    out.update(self.params.collect(batch, index, self.module_names, present))
-                else:
-                    self.params.discard()
-            for metric, values in out.items():
-                self._pending.extend((step, metric, names, vector) for names, vector in _as_vectors(values))
-            if self.probing(step, "timesteps"):
-                for module, probe in self.timesteps.items():
-                    if probe.ready:  # the module ran with a graph this step and its output got a gradient
-                        with torch.enable_grad():  # the replay differentiates; Guard's step runs under no_grad
-                            self._pending_vectors.append((step, module, "timestep_grad_norm", probe.collect()))
-            self._disarm()
-        if self.locator is not None and self.locator.armed:
-            self._record_location(step)
-        if skipped and self.locator is not None:
-            self.locator.arm()  # the next step's forward and backward will say where it starts
-        due = set(self.periods) if skipped else self.scheduled(step + 1)
+    def end_step(self, step: int, batch: GradBatch, index: Tensor | None, present: list[bool], stepped: bool, skipped: bool | None, nonfinite: list[str] = ()) -> None:
+        """Tell the probes about a non-finite step, collect this step's probes, arm the next step's."""
+        probing = self._armed_step == step
+        if not skipped and not probing:  # most steps: nothing to tell or collect
+            due = self.scheduled(step + 1)
+            if due:
+                self._arm(step + 1, due)
+            else:
+                self._armed_step = None
+            return
+        ctx = self._context(step, batch, index=index, present=present, stepped=stepped, nonfinite=list(nonfinite))
+        again = []
+        if skipped:
+            self.recorder.add_event(SkipEvent(step, parameters=list(nonfinite)))
+            again = [p for p in self.probes if p.on_nonfinite(ctx)]
+        if probing:
+            for probe in self._armed:
+                self._take(step, probe, probe.collect(ctx))
+                order = getattr(probe, "forward_order", None)
+                if order:
+                    self.forward_order = list(order)
+                probe.disarm()
+            self._armed = []
+        due = list(self.periodic) if skipped else self.scheduled(step + 1)
+        due += [p for p in again if p not in due]
         if due:
             self._arm(step + 1, due)
         else:
             self._armed_step = None
 
-    def note_skip(self, step: int, parameters: list[str]) -> None:
-        self.recorder.add_event(SkipEvent(step, parameters=list(parameters)))
-
-    def _record_location(self, step: int) -> None:
-        finding = self.locator.result()
-        if finding is None:
-            return
-        self.recorder.add_event(NonfiniteLocationEvent(step, where=list(finding.where), message=finding.message, remedy=finding.remedy, extra=dict(finding.evidence)))
+    def _take(self, step: int, probe: Probe, out: dict) -> None:
+        for metric, (names, values) in out.items():
+            if probe.kind == "vectors":
+                self._pending_vectors.extend((step, name, metric, v) for name, v in zip(names, values))
+            else:
+                self._pending.append((step, metric, tuple(names), values))
 
     # ------------------------------------------------------------------ host side
     def flush(self, chunk: Chunk) -> None:
-        """Records to the host (one transfer), then the store, then spike forensics."""
+        """Probe values to the host (one transfer per device), to the recorder; then spike forensics."""
         if self._pending:
             grouped: dict[tuple[int, str], dict[str, float]] = {}
             for (step, metric, names, _), values in zip(self._pending, _to_host([v for *_, v in self._pending])):
@@ -150,7 +124,7 @@ class Monitor:
         for step, module, metric, vector in self._pending_vectors:
             self.recorder.add_vector(step, module, metric, vector.detach().to(torch.float64).cpu().numpy())
         self._pending_vectors.clear()
-        if self.spikes is not None:
+        if self.spikes is not None and len(chunk):
             scores = self.spikes.score(chunk.steps, chunk.scalars["norm_before"], chunk.scalars["loss"], chunk.modules)
             self._forensics(chunk, scores)
 
@@ -175,32 +149,13 @@ class Monitor:
             step, trigger=trigger, z=z, z_threshold=self.spikes.z_thresh, spikes_in_chunk=len(spiked),
             first_module=report.first_module, first_step=report.first_step, first_z=report.first_z,
         ))
-        # The step after an anomaly is probed too (with every probe); it is the next one after this flush.
-        self._arm(int(chunk.steps[-1]) + 1, set(self.periods))
+        # The step after an anomaly is probed too (with every periodic probe): the next one after this flush.
+        self._arm(int(chunk.steps[-1]) + 1, self.periodic)
 
     def close(self) -> None:
-        self._disarm()
-        if self.locator is not None:
-            self.locator.disarm()
-        for probe in self.timesteps.values():
+        for probe in self.probes:
             probe.close()
-
-
-def _timestep_probes(model: nn.Module) -> dict[str, TimestepProbe]:
-    """One per-time-step probe per recurrent module (SimpleRNN, nn.RNN, nn.LSTM, nn.GRU)."""
-    return {name: TimestepProbe(module) for name, module in model.named_modules() if is_recurrent(module)}
-
-
-def _as_vectors(values: dict[str, Tensor] | tuple[tuple[str, ...], Tensor]) -> list[tuple[tuple[str, ...], Tensor]]:
-    """A probe's {module: 0-dim tensor} as (names, 1-D tensor) per device: one stack per metric
-    on a probe step, instead of hundreds of scalars to move at the flush. Probes that already
-    hold a vector (the parameter probe) hand over (names, vector)."""
-    if isinstance(values, tuple):
-        return [values]
-    by_device: dict[torch.device, list[tuple[str, Tensor]]] = {}
-    for name, value in values.items():
-        by_device.setdefault(value.device, []).append((name, value.detach().reshape(())))
-    return [(tuple(n for n, _ in items), torch.stack([v for _, v in items])) for items in by_device.values()]
+        self._armed = []
 
 
 def _to_host(vectors: list[Tensor]) -> list[list[float]]:

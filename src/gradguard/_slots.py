@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from gradguard import _distributed
+import gradguard._distributed as _distributed
 from gradguard._grads import index_tensor
 from gradguard._norms import GradNorms
 

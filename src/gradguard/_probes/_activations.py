@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from gradguard._grads import stat_dtype
+from gradguard._probes._base import stack_values
 from gradguard._probes._hooks import ForwardHookProbe
 
 # Saturated: derivative below this fraction of its maximum (tanh' max 1, sigmoid' max 1/4).
@@ -196,8 +197,12 @@ class ActivationProbe(ForwardHookProbe):
 
         return hook
 
-    def collect(self) -> dict[str, dict[str, Tensor]]:
-        """metric -> {module name: 0-dim tensor}; empty metrics are left out."""
+    def collect(self, ctx=None) -> dict[str, tuple[tuple[str, ...], Tensor]]:
+        """metric -> (module names, one value per module); empty metrics are left out."""
+        return {metric: stack_values(values) for metric, values in self.values().items()}
+
+    def values(self) -> dict[str, dict[str, Tensor]]:
+        """metric -> {module name: 0-dim tensor} of the armed step; empty metrics are left out."""
         out: dict[str, dict[str, Tensor]] = {}
         for name, stats in self._sums.items():
             for key, total in stats.items():

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from gradguard._grads import stat_dtype
+from gradguard._probes._base import stack_values
 from gradguard._probes._hooks import ForwardHookProbe
 
 
@@ -64,7 +65,11 @@ class DeltaProbe(ForwardHookProbe):
 
         return hook
 
-    def collect(self) -> dict[str, dict[str, Tensor]]:
-        out = {"error_norm": {name: self._squares[name].sqrt() for name in self.forward_order if name in self._squares}}
+    def collect(self, ctx=None) -> dict[str, tuple[tuple[str, ...], Tensor]]:
+        return {metric: stack_values(values) for metric, values in self.values().items()}
+
+    def values(self) -> dict[str, dict[str, Tensor]]:
+        """{"error_norm": {layer: 0-dim tensor}} of the armed step, in forward order (empty: {})."""
+        errors = {name: self._squares[name].sqrt() for name in self.forward_order if name in self._squares}
         self._squares.clear()
-        return out if out["error_norm"] else {}
+        return {"error_norm": errors} if errors else {}

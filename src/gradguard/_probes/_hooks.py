@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from torch import nn
 
+from gradguard._probes._base import Probe
 
-class ForwardHookProbe:
+
+class ForwardHookProbe(Probe):
     """Forward hooks on a fixed list of (name, module), registered by ``arm`` and removed by ``disarm``.
 
     Subclasses give ``_hook(name)`` (the hook for one module) and ``_reset()`` (clear what the

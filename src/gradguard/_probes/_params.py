@@ -16,7 +16,9 @@ import torch
 from torch import Tensor
 
 from gradguard._grads import GradBatch, index_tensor
-from gradguard._norms import batch_norms, reduce_groups
+from gradguard._grouping import Grouping
+from gradguard._norms import batch_norms
+from gradguard._probes._base import Probe, StepContext
 
 
 def _locals(batch: GradBatch) -> list[Tensor]:
@@ -26,26 +28,42 @@ def _locals(batch: GradBatch) -> list[Tensor]:
     return [p.to_local() if hasattr(p, "to_local") else p for p in batch.params]
 
 
-class ParamProbe:
+class ParamProbe(Probe):
     """Per-module parameter norms and update ratios, on scheduled steps (Guard's step runs under
-    ``torch.no_grad``, so the copies and differences build no graph)."""
+    ``torch.no_grad``, so the copies and differences build no graph). Grouped by the Guard's
+    ``Grouping``, like the gradient norms."""
 
     name = "norms"
 
-    def __init__(self):
+    def __init__(self, grouping: Grouping):
+        self.grouping = grouping
         self._before: list[Tensor] | None = None
+
+    def before_optimizer(self, ctx: StepContext) -> None:
+        if ctx.stepping:
+            self.before_step(ctx.batch)
+
+    def collect(self, ctx: StepContext) -> dict[str, tuple[tuple[str, ...], Tensor]]:
+        if not ctx.stepped or ctx.index is None:
+            self.discard()
+            return {}
+        return self.measure(ctx.batch, ctx.index, ctx.present)
+
+    def disarm(self) -> None:
+        self.discard()
 
     def before_step(self, batch: GradBatch) -> None:
         params = _locals(batch)
         # One fused call for all the copies; x * 1 is x exactly, NaN and -0.0 included.
         self._before = list(torch._foreach_mul(params, 1.0)) if params else []
 
-    def collect(self, batch: GradBatch, index: Tensor, names: Sequence[str], present: Sequence[bool]) -> dict[str, tuple[tuple[str, ...], Tensor]]:
+    def measure(self, batch: GradBatch, index: Tensor, present: Sequence[bool]) -> dict[str, tuple[tuple[str, ...], Tensor]]:
         """After the optimizer step: norms grouped like the gradient norms, as (module names, vector).
 
-        ``index`` maps each gradient to its group, ``names`` are the groups, ``present`` (host
-        booleans) says which groups had a gradient this step.
+        ``index`` maps each gradient to its group, ``present`` (host booleans) says which groups
+        had a gradient this step.
         """
+        names = self.grouping.labels
         if self._before is None or not len(batch):
             return {}
         after = _locals(batch)
@@ -54,9 +72,8 @@ class ParamProbe:
         # The fused pass that measures gradients, pointed at the weights and at the updates.
         theta = batch_norms(batch.with_tensors(after), 2.0).vector
         delta = batch_norms(batch.with_tensors(deltas), 2.0).vector
-        n_groups = len(names) + 1  # the last group collects parameters Guard did not know at start
-        theta_g = reduce_groups(theta, index, n_groups, 2.0)[: len(names)]
-        delta_g = reduce_groups(delta, index, n_groups, 2.0)[: len(names)]
+        theta_g = self.grouping.reduce(theta, index, 2.0)
+        delta_g = self.grouping.reduce(delta, index, 2.0)
         ratio = delta_g / theta_g.clamp(min=1e-12)
         kept = tuple(i for i, ok in enumerate(present) if ok)
         if len(kept) < len(names):

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gradguard._events import NonfiniteLocationEvent
 from gradguard._finding import Finding
 from gradguard._probes._hooks import ForwardHookProbe
 
@@ -63,7 +64,23 @@ class _Event:
 
 
 class NonfiniteLocator(ForwardHookProbe):
-    """Hooks that record where non-finite values appear; arm, run a step, then ``result()``."""
+    """Hooks that record where non-finite values appear; arm, run a step, then ``result()``.
+
+    As one of Guard's probes it has no period: a non-finite step arms it for the next step
+    (``on_nonfinite``), whose ``collect`` records a ``NonfiniteLocationEvent``.
+    """
+
+    name = "locate"
+    period = None
+
+    def on_nonfinite(self, ctx) -> bool:
+        return True
+
+    def collect(self, ctx) -> dict:
+        finding = self.result()
+        if finding is not None:
+            ctx.emit(NonfiniteLocationEvent(ctx.step, where=list(finding.where), message=finding.message, remedy=finding.remedy, extra=dict(finding.evidence)))
+        return {}
 
     def __init__(self, model: nn.Module):
         super().__init__([(name or "(model)", m) for name, m in model.named_modules()])
