@@ -38,11 +38,16 @@ reference = build()
 reference.set_weights(model.get_weights())
 with tf.GradientTape() as tape:
     loss = tf.reduce_mean(tf.square(reference(x) - y))
-expected = float(tf.linalg.global_norm(tape.gradient(loss, reference.trainable_variables)))
+reference_grads = tape.gradient(loss, reference.trainable_variables)
+expected = float(tf.linalg.global_norm(reference_grads))
+reference_opt = GuardOptimizer(keras.optimizers.AdamW(1e-2, weight_decay=0.1), clip="zclip", log_every=1)
+reference_opt.apply_gradients(zip(reference_grads, reference.trainable_variables))
 
 model.fit(x, y, batch_size=16, verbose=0, shuffle=False)  # one step: 8 examples per replica
 measured = float(opt.history.norm_before[0])
 assert abs(measured - expected) <= 1e-5 * expected, f"norm of the all-reduced gradients: {measured} != {expected}"
+for mine, theirs in zip(model.get_weights(), reference.get_weights()):  # the per-replica update path = one-device update
+    np.testing.assert_allclose(mine, theirs, rtol=1e-5, atol=1e-6)
 
 
 def components():

@@ -66,12 +66,11 @@ def host_call(due, fn, inputs) -> None:
 def distributed_update(guard, grads: list, variables: list, skip) -> None:
     """Step the already reduced gradients in a ``merge_call``, one ``cond`` per variable and device."""
     inner = guard.inner_optimizer
-    for opt in (inner,):
-        if opt.use_ema or opt.gradient_accumulation_steps:
-            raise NotImplementedError(
-                "GuardOptimizer under a tf.distribute strategy does not support use_ema or "
-                "gradient_accumulation_steps on the inner optimizer yet; drop them or train on one device."
-            )
+    if inner.use_ema or inner.gradient_accumulation_steps:
+        raise NotImplementedError(
+            "GuardOptimizer under a tf.distribute strategy does not support use_ema or "
+            "gradient_accumulation_steps on the inner optimizer yet; drop them or train on one device."
+        )
     pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
 
     def merge(distribution, pairs, skip):
