@@ -182,7 +182,10 @@ class SmallCNN(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=norm == "none"), _norm2d(norm, channels), nn.ReLU())
         self.blocks = nn.Sequential(*(ConvBlock(channels, norm, residual) for _ in range((depth - 2) // 2)))
         self.head = nn.Linear(channels, num_classes)
-        if residual and init == "default":
+        if residual and init == "default":  # He init for the stem too: the blocks start near identity, so its scale carries through
+            nn.init.kaiming_normal_(self.stem[0].weight, nonlinearity="relu")
+            if self.stem[0].bias is not None:
+                nn.init.zeros_(self.stem[0].bias)
             for block in self.blocks:
                 block.residual_init(len(self.blocks))
         if init != "default":

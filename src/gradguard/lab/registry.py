@@ -60,7 +60,8 @@ class Experiment:
         run: ``run(cfg, variant, seed, ctx)`` -> JSON-ready dict of measured numbers.
         judge: ``judge(cfg, jobs)`` -> Verdict, where ``jobs`` is a list of
             ``{"variant", "seed", "metrics"}`` dicts.
-        quick_seconds: wall time of the quick preset with its default seeds, measured on 2 CPU cores.
+        quick_seconds: wall time of the quick preset with its default seeds on 2 CPU cores: the
+            jobs' single-threaded CPU seconds (``JobRecord.cpu_seconds``) over 2.
         short_anchor: the anchor in a few words, for the terminal table ("" = ``anchor``).
         seeds: default number of seeds per preset.
         parallel: whether spreading its jobs over processes pays (jobs of a second or more).

@@ -80,7 +80,9 @@ def write_summary(out: str | Path, results: Sequence[dict[str, Any]], title: str
     }
     _io.write_json(json_path, summary)
     lab = lab_report.read_results_dir(out)
-    _io.write_atomic(md_path, markdown.render([lab], title) if lab is not None else f"# {title}\n\nNo lab results in {out}.\n")
+    text = markdown.render([lab], title) if lab is not None else f"# {title}\n\nNo lab results in {out}.\n"
+    first, _, rest = text.partition("\n")
+    _io.write_atomic(md_path, f"{first}\n\n{summary['headline']}.\n{rest}")
     return md_path, json_path
 
 

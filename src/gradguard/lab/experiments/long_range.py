@@ -203,7 +203,7 @@ EXPERIMENT = register(
         variants=variants,
         run=run,
         judge=judge,
-        quick_seconds=25.0,
+        quick_seconds=75.0,
         short_anchor="uRNN 2016: LSTM beats adding baseline 0.167 to T=400, tanh RNN never; copy: LSTM only at T=100",
         seeds={"quick": 1, "standard": 1, "full": 3, "smoke": 1},
         figures=(
