@@ -190,6 +190,10 @@ class Verdict:
 
     @classmethod
     def from_dict(cls, raw: Any) -> Verdict:
+        # A verdict of another shape (a bare "passed", a list) is a damaged or foreign file: saying
+        # "fail" or "no verdict" for it would be a silent wrong result, so it is refused.
+        if raw is not None and not isinstance(raw, dict):
+            raise ValueError(f"a lab result's verdict must be a JSON object (or null), got {type(raw).__name__} {raw!r}")
         raw = _dict(raw)
         status = _str(raw.get("status"))
         passed = raw.get("passed") if isinstance(raw.get("passed"), bool) else status == STATUS_PASS
