@@ -464,7 +464,7 @@ class _WriterLock:
                 os.close(fd)
                 raise StoreLockedError(
                     f"the run store {str(db_path)!r} is being written by {_describe(owner)}; a store has one writer. "
-                    "Give this run its own store path, or wait for that run to close its Guard.", db_path, owner) from None
+                    "Give this run its own store path, or close that writer first (guard.close()).", db_path, owner) from None
             if _inode(self.path) == os.fstat(fd).st_ino:
                 self.fd = fd
                 break
@@ -474,8 +474,11 @@ class _WriterLock:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, json.dumps(_owner_info()).encode(), 0)
 
+    def __del__(self) -> None:  # a store dropped without close() (a run that raised) frees its file
+        self.release()
+
     def release(self) -> None:
-        fd, self.fd = self.fd, None
+        fd, self.fd = getattr(self, "fd", None), None
         if fd is None:
             return
         try:
