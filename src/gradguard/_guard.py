@@ -59,7 +59,8 @@ class Guard:
         nonfinite: what a step with NaN/Inf gradients does. "skip": no update; parameters,
             optimizer state and clipper statistics stay exactly as they were; the step is counted;
             more than ``max_consecutive_skips`` in a row raise ``NonFiniteGradientError`` naming
-            the parameters. "raise": raise on the first one. "ignore": step anyway.
+            the parameters. "raise": raise on the first one, before clipping, with the gradients
+            left as they were. "ignore": step anyway.
         max_consecutive_skips: how many non-finite steps in a row are skipped before raising.
         scaler: a ``torch.amp.GradScaler``. Guard unscales (unless you already did), then calls
             ``scaler.step`` and ``scaler.update`` itself.
@@ -74,7 +75,9 @@ class Guard:
             anomaly; the per-time-step replay (which costs several training steps) runs 10x less
             often. A mapping sets each probe's period, e.g. ``{"deltas": 50, "timesteps": 500}``.
         store: path of a run store (SQLite, one file per run) or a ``RunStore``; written by
-            rank 0 only. None keeps everything in memory.
+            rank 0 only. None keeps everything in memory. A store has one writer: a path another
+            Guard or process is writing raises ``StoreLockedError`` here; a store that fails
+            during the run (full disk...) warns once and the run goes on (see ``findings``).
         spike_z: z-score (on log norms and log loss, against their moving averages) above which a
             step is a spike and the forensic buffer is dumped; None turns spike detection off.
         forensics_steps: steps kept in the forensic ring buffer.
