@@ -147,3 +147,30 @@ def test_a_skipped_step_leaves_every_state_bitwise_and_the_run_ends_as_if_it_nev
 def test_every_optimizer_kind_builds_on_this_torch(optimizer):
     opt = OPTIMIZERS[optimizer]([torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(opt, torch.optim.Optimizer)
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    optimizer=st.sampled_from(sorted(OPTIMIZERS)),
+    clipper=st.sampled_from(sorted(CLIPPERS)),
+    plan=st.lists(st.one_of(st.none(), injection), min_size=2, max_size=5),
+    seed=st.integers(0, 2**16),
+)
+def test_check_then_the_callers_own_optimizer_step_leaves_every_state_bitwise(optimizer, clipper, plan, seed):
+    """``guard.check()`` (Lightning, the HF Trainer): the caller steps; a skip leaves it nothing to do."""
+    run = Setup(optimizer, clipper, 2, False, seed)
+    for batch, bad in zip(_batches(seed, len(plan), 1), plan):
+        run.opt.zero_grad()
+        x, y = batch[0]
+        (run.model(x) - y).pow(2).mean().backward()
+        if bad is not None:
+            param = list(run.model.parameters())[bad[1]]
+            param.grad.view(-1)[bad[2] % param.numel()] = bad[3]
+        before = run.snapshot()
+        info = run.guard.check()
+        run.opt.step()  # the caller's step, always
+        assert bool(info.skipped) == (bad is not None)
+        if bad is not None:
+            after = run.snapshot()
+            for key in ("params", "optimizer", "clipper"):
+                assert bitwise_equal(after[key], before[key]), f"{key} changed on a skipped step"
