@@ -23,6 +23,7 @@ A failing store write warns once and is dropped: the store never stops training.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -202,8 +203,6 @@ class Recorder:
 
     def close(self) -> None:
         if self.store is not None:
-            try:
-                self.store.close()  # RunStore.close never raises; another store object might
-            except Exception:
-                pass
-            self.store = None
+            store, self.store = self.store, None
+            with contextlib.suppress(Exception):  # closed even after a failure; RunStore.close never raises, another store might
+                store.close()
