@@ -81,7 +81,7 @@ def test_a_writer_in_another_process_is_refused_and_nothing_merges(tmp_path):
         sys.exit(0)
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 3, done.stderr
     assert str(path) in done.stdout and f"pid {os.getpid()}" in done.stdout
     guard.close()
