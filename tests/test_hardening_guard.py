@@ -50,6 +50,10 @@ BAD_ARGUMENTS = [
     ({"clip": True}, TypeError, "clip must be None"),
     ({"norm_type": -2}, ValueError, "norm_type"),
     ({"store": 3}, TypeError, "store must be a path or a RunStore"),
+    ({"group_by": {"enc": 3}}, TypeError, "group_by maps a label"),
+    ({"group_by": {"enc": []}}, TypeError, "group_by maps a label"),
+    ({"group_by": -1}, ValueError, "group_by must be >= 1"),
+    ({"group_by": 2.5}, TypeError, "group_by must be None"),
 ]
 
 

@@ -46,7 +46,7 @@ def _digest(path):
 def test_a_second_guard_in_the_same_process_is_refused_naming_the_path_and_owner(tmp_path):
     path = tmp_path / "run.sqlite"
     first = gg.Guard(_model(), store=path, log_every=2)
-    with pytest.raises(StoreLockedError, match=r"run\.sqlite.*pid %d" % os.getpid()) as err:
+    with pytest.raises(StoreLockedError, match=rf"run\.sqlite.*pid {os.getpid()}") as err:
         gg.Guard(_model(), store=path)
     assert err.value.owner["pid"] == os.getpid() and err.value.owner["host"]
     model = first.model
@@ -81,7 +81,7 @@ def test_a_writer_in_another_process_is_refused_and_nothing_merges(tmp_path):
         sys.exit(0)
     """)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 3, done.stderr
     assert str(path) in done.stdout and f"pid {os.getpid()}" in done.stdout
     guard.close()
@@ -346,3 +346,64 @@ def test_a_new_store_records_its_layout(tmp_path):
     with RunStore(tmp_path / "n.sqlite") as store:
         assert store.meta["schema_version"] == SCHEMA_VERSION == 2
         assert math.isfinite(store.meta["created"])
+
+
+# ---------------------------------------------------------------------- bad inputs to RunStore's methods
+def test_a_closed_store_says_so_on_read_and_write(tmp_path):
+    store = RunStore(tmp_path / "c.sqlite")
+    store.close()
+    store.close()  # twice is fine
+    for call in (lambda: store.meta, lambda: store.steps(), lambda: store.events(), lambda: store.module_names,
+                 lambda: store.add_event(1, "note", {}), lambda: store.set_meta(a=1)):
+        with pytest.raises(StoreError, match=r"c\.sqlite.*is closed"):
+            call()
+
+
+def test_a_meta_value_that_cannot_be_stored_is_a_clear_type_error(tmp_path):
+    with RunStore(tmp_path / "m.sqlite") as store, pytest.raises(TypeError, match="cannot store a object in the run store"):
+        store.set_meta(thing=object())
+
+
+def test_a_dangling_module_id_reads_as_a_placeholder_not_an_index_error(tmp_path):
+    path = tmp_path / "d.sqlite"
+    with RunStore(path) as store:
+        store.write_module_stats(1, "param_norm", {"a": 1.0})
+        store.write_vector(1, "a", "timestep_grad_norm", [1.0, 2.0])
+    db = sqlite3.connect(path)
+    db.execute("UPDATE module_stats SET module = 7")
+    db.execute("UPDATE vectors SET module = 9")
+    db.commit()
+    db.close()
+    with RunStore(path) as store:
+        assert store.module_metric("param_norm")[1] == ["?7"]
+        assert store.vectors("timestep_grad_norm")[0][1] == "?9"
+        RunData.from_store(store)
+
+
+def test_a_bad_loss_given_to_step_is_a_clear_error():
+    model = _model()
+    guard = gg.Guard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model(torch.randn(2, 3)).sum().backward()
+    with pytest.raises(TypeError, match="loss must be a number or a one-element tensor"):
+        guard.step(opt, loss="0.3")
+    with pytest.raises(ValueError, match=r"loss must be one value.*shape \(2,\)"):
+        guard.step(opt, loss=torch.ones(2))
+    assert guard.steps == 0  # refused before anything was measured or stepped
+    guard.step(opt, loss=torch.tensor([0.5]))
+    guard.step(opt, loss=2)
+    guard.flush()
+    assert guard.history.loss.tolist() == [0.5, 2.0]
+
+
+def test_a_store_that_failed_is_still_closed_and_its_lock_freed(tmp_path):
+    path = tmp_path / "run.sqlite"
+    guard = gg.Guard(_model(), store=path, log_every=2)
+    store = guard.store
+    inner = store._db
+    store._db = _FullDisk(inner)
+    with pytest.warns(GradGuardWarning, match="could not be written"):
+        _train(guard, guard.model, 4)
+    guard.close()
+    assert store._db is None and not (tmp_path / "run.sqlite.lock").exists()
+    gg.Guard(_model(), store=path).close()  # the file is free for the next run

@@ -33,6 +33,11 @@ def grouper(group_by: Any) -> Callable[[str], str]:
         depth = check_int("group_by", group_by, minimum=1)
         return lambda name: module_of(name, depth)
     if isinstance(group_by, Mapping):
+        for label, pats in group_by.items():
+            pats = (pats,) if isinstance(pats, str) else pats
+            if not isinstance(label, str) or not isinstance(pats, (list, tuple)) or not pats or not all(isinstance(p, str) for p in pats):
+                raise TypeError(f"group_by maps a label (str) to a glob pattern or a list of them, e.g. {{'encoder': 'enc.*'}}; "
+                                f"got {label!r}: {group_by[label]!r}.")
         return pattern_grouper(group_by)
     if callable(group_by):
         return group_by

@@ -58,7 +58,8 @@ class Guard:
         nonfinite: what a step with NaN/Inf gradients does. "skip": no update; parameters,
             optimizer state and clipper statistics stay exactly as they were; the step is counted;
             more than ``max_consecutive_skips`` in a row raise ``NonFiniteGradientError`` naming
-            the parameters. "raise": raise on the first one. "ignore": step anyway.
+            the parameters. "raise": raise on the first one, before clipping, with the gradients
+            left as they were. "ignore": step anyway.
         max_consecutive_skips: how many non-finite steps in a row are skipped before raising.
         scaler: a ``torch.amp.GradScaler``. Guard unscales (unless you already did), then calls
             ``scaler.step`` and ``scaler.update`` itself.
@@ -73,7 +74,9 @@ class Guard:
             anomaly; the per-time-step replay (which costs several training steps) runs 10x less
             often. A mapping sets each probe's period, e.g. ``{"deltas": 50, "timesteps": 500}``.
         store: path of a run store (SQLite, one file per run) or a ``RunStore``; written by
-            rank 0 only. None keeps everything in memory.
+            rank 0 only. None keeps everything in memory. A store has one writer: a path another
+            Guard or process is writing raises ``StoreLockedError`` here; a store that fails
+            during the run (full disk...) warns once and the run goes on (see ``findings``).
         spike_z: z-score (on log norms and log loss, against their moving averages) above which a
             step is a spike and the forensic buffer is dumped; None turns spike detection off.
         forensics_steps: steps kept in the forensic ring buffer.
@@ -203,6 +206,8 @@ class Guard:
     def _run(self, optimizer, loss, stepping: bool) -> StepInfo:
         if self._closed:
             raise RuntimeError("this Guard was closed; build a new one to keep guarding.")
+        if loss is not None:
+            loss = _loss_tensor(loss)  # checked before anything is touched
         if optimizer is not None and not self._ownership_checked:
             self._check_ownership(optimizer)
         self._step += 1
@@ -276,7 +281,7 @@ class Guard:
             if loss_t is None:
                 loss_t = self._nan[device] = torch.full((), math.nan, dtype=torch.float64, device=device)
         else:
-            loss_t = torch.as_tensor(loss).detach().reshape(()).to(device=device, dtype=torch.float64)
+            loss_t = loss.to(device=device, dtype=torch.float64)
         # One row per step, by column name (``_rundata.STEP_COLUMNS``): device values are stacked
         # in one call (the loss is float64, so the row is too), host values stay Python floats.
         device_row = {"norm_before": info.norm_before, "norm_after": info.norm_after, "threshold": info.threshold,
@@ -474,4 +479,15 @@ def _check_guard_state(state: Any, clipper: Any) -> tuple[int, int, int]:
         raise ValueError(f"Guard.load_state_dict: the state was saved by a Guard with clipper {saved or 'None'}, but this Guard's clipper is "
                          f"{have}; its state would be lost or misread. Build the Guard with the clip= of the run that saved it.")
     return step, consecutive, skips
+
+
+def _loss_tensor(loss: Any) -> Tensor:
+    """``loss=`` as a 0-dim tensor; a tensor of several values or a non-number is a clear error (no sync)."""
+    if isinstance(loss, Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"loss must be one value (the step's scalar loss), got a tensor of shape {tuple(loss.shape)}; pass loss.mean() or loss.sum().")
+        return loss.detach().reshape(())
+    if isinstance(loss, bool) or not isinstance(loss, numbers.Real):
+        raise TypeError(f"loss must be a number or a one-element tensor (or None), got {loss!r} of type {type(loss).__name__}.")
+    return torch.tensor(float(loss))
 

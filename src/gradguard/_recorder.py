@@ -24,6 +24,7 @@ A failing store write warns once and is dropped: the store never stops training.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -200,11 +201,9 @@ class Recorder:
 
     def close(self) -> None:
         if self.store is not None:
-            try:
-                self.store.close()  # RunStore.close never raises; another store object might
-            except Exception:
-                pass
-            self.store = None
+            store, self.store = self.store, None
+            with contextlib.suppress(Exception):  # closed even after a failure; RunStore.close never raises, another store might
+                store.close()
 
 
 def open_store(store: Any, owner: Any = None) -> Any:

@@ -308,18 +308,23 @@ class RunStore:
         self.close()
 
     # ------------------------------------------------------------------ reading
+    def _reader(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError(f"the run store {str(self.path)!r} is closed; open it again with RunStore(path) to read it.")
+        return self._db
+
     @property
     def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self._db.execute("SELECT key, value FROM meta")}
+        return {k: json.loads(v) for k, v in self._reader().execute("SELECT key, value FROM meta")}
 
     @property
     def module_names(self) -> list[str]:
-        return [name for (name,) in self._db.execute("SELECT name FROM modules ORDER BY id")]
+        return [name for (name,) in self._reader().execute("SELECT name FROM modules ORDER BY id")]
 
     def steps(self) -> dict[str, np.ndarray]:
         """Columns of the steps table (NaN where a value was not finite or not recorded)."""
         names = list(self._step_columns)  # every column this file has, declared ones included
-        rows = self._db.execute(f"SELECT {', '.join(names)} FROM steps ORDER BY step").fetchall()
+        rows = self._reader().execute(f"SELECT {', '.join(names)} FROM steps ORDER BY step").fetchall()
         table = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=np.float64).reshape(len(rows), len(names))
         out = {n: table[:, i] for i, n in enumerate(names)}
         for col in STEP_COLUMNS:  # an older layout read as it is: its missing columns were not measured
@@ -331,17 +336,17 @@ class RunStore:
         return out
 
     def vector_metrics(self) -> list[str]:
-        return [m for (m,) in self._db.execute("SELECT DISTINCT metric FROM vectors ORDER BY metric")]
+        return [m for (m,) in self._reader().execute("SELECT DISTINCT metric FROM vectors ORDER BY metric")]
 
     def metrics(self) -> list[str]:
-        return [m for (m,) in self._db.execute("SELECT DISTINCT metric FROM module_stats ORDER BY metric")]
+        return [m for (m,) in self._reader().execute("SELECT DISTINCT metric FROM module_stats ORDER BY metric")]
 
     def module_metric(self, metric: str) -> tuple[np.ndarray, list[str], np.ndarray]:
         """(steps, module names, steps x modules matrix) for one per-module metric."""
-        rows = self._db.execute("SELECT step, module, value FROM module_stats WHERE metric = ? ORDER BY step, module", (metric,)).fetchall()
+        rows = self._reader().execute("SELECT step, module, value FROM module_stats WHERE metric = ? ORDER BY step, module", (metric,)).fetchall()
         if not rows:
             return np.zeros(0, dtype=np.int64), [], np.zeros((0, 0))
-        all_names = self.module_names
+        all_names = self._names_by_id()
         ids = sorted({r[1] for r in rows})  # only the modules that have this metric, in first-seen order
         column = {mid: j for j, mid in enumerate(ids)}
         steps = sorted({r[0] for r in rows})
@@ -350,19 +355,23 @@ class RunStore:
         for step, module, value in rows:
             if value is not None:
                 matrix[pos[step], column[module]] = value
-        return np.array(steps, dtype=np.int64), [all_names[mid - 1] for mid in ids], matrix
+        return np.array(steps, dtype=np.int64), [all_names.get(mid, f"?{mid}") for mid in ids], matrix
 
     def vectors(self, metric: str) -> list[tuple[int, str, np.ndarray]]:
-        names = self.module_names
-        rows = self._db.execute("SELECT step, module, data FROM vectors WHERE metric = ? ORDER BY step, module", (metric,))
-        return [(step, names[module - 1], np.frombuffer(data, dtype="<f8").copy()) for step, module, data in rows]
+        names = self._names_by_id()
+        rows = self._reader().execute("SELECT step, module, data FROM vectors WHERE metric = ? ORDER BY step, module", (metric,))
+        return [(step, names.get(module, f"?{module}"), np.frombuffer(data, dtype="<f8").copy()) for step, module, data in rows]
+
+    def _names_by_id(self) -> dict[int, str]:
+        """Module names by id; a row naming an id the modules table lacks reads as ``?<id>``, not an IndexError."""
+        return dict(self._reader().execute("SELECT id, name FROM modules"))
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         query = "SELECT step, kind, payload FROM events" + (" WHERE kind = ?" if kind else "") + " ORDER BY id"
-        return [{"step": s, "kind": k, **json.loads(p)} for s, k, p in self._db.execute(query, (kind,) if kind else ())]
+        return [{"step": s, "kind": k, **json.loads(p)} for s, k, p in self._reader().execute(query, (kind,) if kind else ())]
 
     def findings(self) -> list[Finding]:
-        rows = self._db.execute("SELECT step, code, severity, message, location, evidence, remedy FROM findings ORDER BY id")
+        rows = self._reader().execute("SELECT step, code, severity, message, location, evidence, remedy FROM findings ORDER BY id")
         return [Finding(code, sev, msg, json.loads(loc), json.loads(ev), remedy, step) for step, code, sev, msg, loc, ev, remedy in rows]
 
 
@@ -465,7 +474,7 @@ class _WriterLock:
                 os.close(fd)
                 raise StoreLockedError(
                     f"the run store {str(db_path)!r} is being written by {_describe(owner)}; a store has one writer. "
-                    "Give this run its own store path, or wait for that run to close its Guard.", db_path, owner) from None
+                    "Give this run its own store path, or close that writer first (guard.close()).", db_path, owner) from None
             if _inode(self.path) == os.fstat(fd).st_ino:
                 self.fd = fd
                 break
@@ -475,8 +484,11 @@ class _WriterLock:
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, json.dumps(_owner_info()).encode(), 0)
 
+    def __del__(self) -> None:  # a store dropped without close() (a run that raised) frees its file
+        self.release()
+
     def release(self) -> None:
-        fd, self.fd = self.fd, None
+        fd, self.fd = getattr(self, "fd", None), None
         if fd is None:
             return
         try:
