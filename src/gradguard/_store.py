@@ -120,14 +120,6 @@ def _dumps(value: Any) -> str:
     return _io.dumps(value, literal_nonfinite=True)  # the one JSON codec; NaN/Infinity tokens, read back by json.loads
 
 
-def _default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot store a {type(obj).__name__} in the run store; use numbers, strings, lists or dicts.")
-
-
 class RunStore:
     """Open (creating if needed) the run store at ``path``; see the module docstring for the schema."""
 
@@ -220,7 +212,13 @@ class RunStore:
             self._write_meta(**values)
 
     def _write_meta(self, **values: Any) -> None:
-        self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", [(k, _dumps(v)) for k, v in values.items()])
+        rows = []
+        for key, value in values.items():
+            try:
+                rows.append((key, _dumps(value)))
+            except TypeError as exc:  # name the entry and the file, not only the type
+                raise TypeError(f"cannot store a {type(value).__name__} in the run store {str(self.path)!r} (meta {key!r}): {exc}") from None
+        self._db.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", rows)
 
     def _module_id(self, name: str) -> int:
         mid = self._module_ids.get(name)
