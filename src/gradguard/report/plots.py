@@ -156,6 +156,12 @@ def _module_ticks(ax, names: Sequence[str], axis: str = "x") -> None:
 
 
 def _short(name: str, limit: int = 32) -> str:
+    """A name as matplotlib should draw it: at most ``limit`` characters, and each "$" escaped,
+    since two of them would start mathtext (a module named "$$x$$" fails to parse otherwise)."""
+    return _cut(name, limit).replace("$", "\\$")
+
+
+def _cut(name: str, limit: int = 32) -> str:
     return name if len(name) <= limit else "\u2026" + name[-(limit - 1) :]
 
 
