@@ -52,7 +52,7 @@ def _install() -> str:
     steps = [(["apt-get", "update"], 300), (["apt-get", "install", "-y", "--no-install-recommends", "chromium"], 900)]
     for cmd, limit in steps:
         try:
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit)
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=limit, check=False)
         except subprocess.TimeoutExpired:
             return f"'{' '.join(cmd)}' took more than {limit} s"
         if done.returncode != 0:
