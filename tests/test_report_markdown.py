@@ -98,5 +98,5 @@ def test_findings_follow_the_rules_order_per_run(tmp_path):
     findings = text[text.index("## Findings") : text.index("## All runs")]
     assert findings.index("### first") < findings.index("### second")
     for run, block in zip(runs, findings.split("### ")[1:]):
-        codes = re.findall(r"^- \*\*\w+\*\* `(\w+)`", block, flags=re.M)
+        codes = re.findall(r"^- \*\*\w+\*\* `(\w+)`", block, flags=re.MULTILINE)
         assert codes == [f.code for f in run.findings]
