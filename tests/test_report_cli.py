@@ -44,3 +44,25 @@ def test_help_lists_the_command(capsys):
     with pytest.raises(SystemExit):
         main(["report", "--help"])
     assert "RUN" in capsys.readouterr().out
+
+
+def test_compares_runs_with_names_and_static_figures(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    make_store(tmp_path / "a.sqlite", steps=20, recurrent=False).close()
+    make_store(tmp_path / "b.sqlite", steps=20, recurrent=False, seed=1).close()
+    runs = [str(tmp_path / "a.sqlite"), str(tmp_path / "b.sqlite")]
+    assert main(["report", *runs, "-o", str(tmp_path / "cmp.html"), "--name", "baseline", "--name", "clipped", "--static"]) == 0
+    page = (tmp_path / "cmp.html").read_text()
+    assert "<script" not in page and 'data:image/svg+xml' in page  # --static: SVG figures only
+    assert "Run: baseline" in page and "Run: clipped" in page and '<h3>baseline</h3>' in page
+    capsys.readouterr()
+    assert main(["report", *runs, "-o", str(tmp_path / "x.html"), "--name", "only one"]) == 2
+    err = capsys.readouterr().err
+    assert "got 1 run name(s) for 2 run(s)" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_interactive_by_default_where_bokeh_is_installed(store_file, tmp_path):
+    pytest.importorskip("bokeh")
+    assert main(["report", str(store_file), "-o", str(tmp_path / "r.html")]) == 0
+    page = (tmp_path / "r.html").read_text()
+    assert '<figure class="interactive" data-figure="timeline' in page

@@ -103,7 +103,7 @@ def test_user_strings_stay_data_in_the_interactive_page(tmp_path):
     # a module name never closes or opens one
     opened = re.findall(r"<script\b[^>]*>", page)
     assert len(opened) == page.count("</script>") == 3, opened
-    figures_script = re.findall(r"<script>(.*?)</script>", page, flags=re.S)[-1]
+    figures_script = re.findall(r"<script>(.*?)</script>", page, flags=re.DOTALL)[-1]
     assert EVIL not in figures_script and "&lt;script&gt;alert(1)&lt;/script&gt;" in figures_script  # in the figures' data, escaped
 
 
@@ -114,13 +114,13 @@ def test_the_interactive_page_has_every_run_figure_and_needs_no_network(interact
     # or data. (BokehJS holds loaders for MathJax and an icon font from a CDN; they run only for
     # TeX labels and icon models, which the report never makes: the browser test checks that the
     # page makes no request.)
-    markup = re.sub(r"<script>.*?</script>", "", interactive_page, flags=re.S)
+    markup = re.sub(r"<script>.*?</script>", "", interactive_page, flags=re.DOTALL)
     for attr in re.findall(r"""\b(?:src|href)\s*=\s*["']([^"']*)["']""", markup):
         assert attr.startswith(("#", "data:")), attr
     assert not re.search(r"https?://", markup)
     assert "<link" not in markup and "@import" not in markup
     assert "cdn.bokeh.org" not in interactive_page  # the library is inlined, not loaded
-    scripts = re.findall(r"<script>(.*?)</script>", interactive_page, flags=re.S)
+    scripts = re.findall(r"<script>(.*?)</script>", interactive_page, flags=re.DOTALL)
     assert len(scripts) == 3 and interactive_page.count("Bokeh={}") <= 1
     assert len(interactive_page) < 2_000_000
 
@@ -173,7 +173,7 @@ def test_a_comparison_overlays_each_run_by_name(tmp_path):
     page = write_report([tmp_path / "a.sqlite", tmp_path / "b.sqlite"], tmp_path / "r.html", names=["baseline", "clipped"]).read_text()
     assert interactive_figures(page)[:2] == ["comparison", "comparison-loss"]
     assert interactive_figures(page).count("timeline-with-loss") == 2
-    figures_script = re.findall(r"<script>(.*?)</script>", page, flags=re.S)[-1]
+    figures_script = re.findall(r"<script>(.*?)</script>", page, flags=re.DOTALL)[-1]
     legend_labels = re.findall(r'"label":\{"type":"value","value":"([^"]*)"\}', figures_script)
     assert legend_labels.count("baseline") == 2 and legend_labels.count("clipped") == 2  # norms and losses
     same = write_report([tmp_path / "a.sqlite", tmp_path / "b.sqlite"], tmp_path / "s.html").read_text()

@@ -68,3 +68,35 @@ def test_code_spans_survive_backticks():
     assert md.code("plain") == "`plain`"
     assert md.code("a`b") == "``a`b``"
     assert md.code("`x`") == "`` `x` ``"
+
+
+def test_skipped_steps_read_as_a_phrase(tmp_path):
+    make_store(tmp_path / "one.sqlite", steps=200, skips=(150,), recurrent=False).close()
+    text = write_report(tmp_path / "one.sqlite", tmp_path / "one.md", format="md").read_text()
+    assert "skipped at step 150" in text and "skipped steps: 150" not in text
+    make_store(tmp_path / "two.sqlite", steps=60, recurrent=False).close()  # steps 40 and 41
+    assert "skipped at steps 40 and 41" in write_report(tmp_path / "two.sqlite", tmp_path / "two.md", format="md").read_text()
+    from gradguard.report._summaries import steps_text
+
+    assert steps_text(list(range(10, 20))) == "steps 10\u201319 (10 steps: 10, 11, 12, \u2026)"
+
+
+def test_events_are_summaries(report):
+    events = report[report.index("### Events") :]
+    assert "| 40 | skip | step skipped: non-finite gradient in layers.0.weight |" in events
+    assert "NaN/Inf first appeared in layers.1 (backward)" in events
+    assert "parameters=" not in events and '["' not in events
+
+
+def test_findings_follow_the_rules_order_per_run(tmp_path):
+    from gradguard.report import data
+
+    make_store(tmp_path / "a.sqlite", name="first", recurrent=False).close()
+    make_store(tmp_path / "b.sqlite", name="second", recurrent=False, findings=False, seed=1).close()
+    runs = data.load([tmp_path / "a.sqlite", tmp_path / "b.sqlite"])
+    text = write_report([tmp_path / "a.sqlite", tmp_path / "b.sqlite"], tmp_path / "r.md", format="md").read_text()
+    findings = text[text.index("## Findings") : text.index("## All runs")]
+    assert findings.index("### first") < findings.index("### second")
+    for run, block in zip(runs, findings.split("### ")[1:]):
+        codes = re.findall(r"^- \*\*\w+\*\* `(\w+)`", block, flags=re.MULTILINE)
+        assert codes == [f.code for f in run.findings]

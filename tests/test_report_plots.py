@@ -156,3 +156,33 @@ def test_a_lab_figure_gives_the_same_bytes_for_the_same_data():
     changed = lab_curves()
     changed[0].y = changed[0].y * 1.5
     assert plots.lab_figure(changed, **kwargs) != first
+
+
+# ---------------------------------------------------------------------- log-axis labels
+def _numeric_labels(svg) -> list[float]:
+    out = []
+    for t in _texts(svg):
+        try:
+            out.append(float(t.replace("\u2212", "-")))
+        except ValueError:
+            pass
+    return out
+
+
+def test_the_timeline_labels_its_log_axis_when_norms_stay_within_one_decade():
+    steps = np.arange(1, 51)
+    norms = 3.0 + 0.8 * np.sin(steps / 4.0)  # 2.2 to 3.8: no power of ten in view
+    svg = plots.norm_timeline(steps, norms)
+    y_labels = [v for v in _numeric_labels(svg) if 2.0 <= v <= 4.0]  # step labels are 0, 10, ... 50
+    assert len(y_labels) >= 3, _texts(svg)
+    # two decades: 1-2-5 labels; many decades keep matplotlib's powers of ten
+    two = _numeric_labels(plots.norm_timeline(steps, np.geomspace(1.5, 60, 50)))
+    assert {2.0, 5.0, 10.0, 20.0, 50.0} <= set(two)
+    wide = _texts(plots.norm_timeline(steps, np.geomspace(1e-3, 1e3, 50)))
+    assert any("10^{" in t for t in wide)
+
+
+def test_a_module_named_like_mathtext_is_drawn_as_written():
+    svg = plots.gradient_flow(["$$\\alpha$$", "b"], [1.0, 2.0])  # raised a mathtext parse error before
+    assert svg is not None and "$$\\alpha$$" in _texts(svg)  # the text as shown
+    assert {1.0, 2.0} <= set(_numeric_labels(svg))  # one decade: labelled, not a lonely 10^0

@@ -25,7 +25,9 @@ from gradguard.report.plots import (
     _edges,
     _has_positive,
     _positive,
-    _short,
+)
+from gradguard.report.plots import (
+    _cut as _short,  # Bokeh draws "$" as is: no mathtext escaping
 )
 
 MAX_POINTS = 1500

@@ -89,19 +89,21 @@ def breakable(value: object) -> str:
     return _SEPARATOR.sub(r"\1<wbr>", esc(value))
 
 
-def _cell(v: object) -> str:
+def _cell(v: object, breaks: bool) -> str:
     if isinstance(v, (int, float, np.number)) and not isinstance(v, bool):
         return f'<td class="num">{fmt(v)}</td>'
-    if v is None or isinstance(v, bool):
+    if v is None or isinstance(v, bool) or not breaks:
         return f"<td>{fmt(v)}</td>"
     return f"<td>{breakable(v)}</td>"
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "data", limit: int = MAX_TABLE_ROWS) -> str:
+def _table(columns: Sequence[str], rows: Sequence[Sequence[object]], cls: str = "data", limit: int = MAX_TABLE_ROWS, breaks: bool = False) -> str:
+    """A table in a sideways-scrolling box; ``breaks``: text cells may wrap after separators
+    (module names, event summaries), else only at spaces."""
     head = "".join(f"<th>{esc(c)}</th>" for c in columns)
     body = []
     for row in rows[:limit]:
-        cells = "".join(_cell(v) for v in row)
+        cells = "".join(_cell(v, breaks) for v in row)
         body.append(f"<tr>{cells}</tr>")
     more = f'<p class="note">{len(rows) - limit} more rows not shown.</p>' if len(rows) > limit else ""
     return f'<div class="scroll"><table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>{more}'
@@ -234,7 +236,7 @@ def _gradient_flow(run: RunData) -> str | None:
     caption = "Norm per module at the latest step that measured it, log scale. A slope down towards the input side is a vanishing gradient; up is an exploding one."
     flow = _show("gradient_flow", (modules, g[1] if g else None, e[1] if e else None, g[0] if g else None, e[0] if e else None), caption, "gradient flow per module")
     rows = [[m, g[1][j] if g else math.nan, e[1][j] if e else math.nan] for j, m in enumerate(modules)]
-    table = _details("Numbers", _table(["module", f"‖dL/dW‖ (step {g[0]})" if g else "‖dL/dW‖", f"‖dL/dh‖ (step {e[0]})" if e else "‖dL/dh‖"], rows))
+    table = _details("Numbers", _table(["module", f"‖dL/dW‖ (step {g[0]})" if g else "‖dL/dW‖", f"‖dL/dh‖ (step {e[0]})" if e else "‖dL/dh‖"], rows, breaks=True))
     heat = ""
     if grad is not None and len(grad.steps) >= 2:
         rows = [j for j in order if j in set(grad.measured().tolist())]
@@ -313,7 +315,7 @@ def _units(run: RunData) -> str | None:
     rows = [[m, 100 * s[1][j] if s else math.nan, 100 * d[1][j] if d else math.nan] for j, m in enumerate(modules)]
     rows = [r for r in rows if not (math.isnan(r[1]) and math.isnan(r[2]))]
     bars = _show("unit_bars", (modules, s[1] if s else None, d[1] if d else None), caption, "saturation and dead units per module")
-    return bars + _details("Numbers", _table(["module", "saturated (%)", "dead (%)"], rows))
+    return bars + _details("Numbers", _table(["module", "saturated (%)", "dead (%)"], rows, breaks=True))
 
 
 def _clipping(run: RunData) -> str | None:
@@ -343,7 +345,7 @@ def _update_ratio(run: RunData) -> str | None:
     latest = ur.latest()
     rows = [[m, latest[1][j]] for j, m in enumerate(ur.modules) if np.isfinite(latest[1][j])] if latest else []
     caption = "Size of each optimizer update relative to the weights it changes, per module; the dashed line marks the 1e-3 rule of thumb."
-    return _show("update_ratio", (ur.steps, ur.modules, ur.values), caption, "update to weight ratio") + _details(f"Numbers (step {latest[0]})" if latest else "Numbers", _table(["module", "‖update‖ / ‖weight‖"], rows))
+    return _show("update_ratio", (ur.steps, ur.modules, ur.values), caption, "update to weight ratio") + _details(f"Numbers (step {latest[0]})" if latest else "Numbers", _table(["module", "‖update‖ / ‖weight‖"], rows, breaks=True))
 
 
 def _events(run: RunData) -> str | None:
@@ -354,7 +356,7 @@ def _events(run: RunData) -> str | None:
         counts[ev["kind"]] = counts.get(ev["kind"], 0) + 1
     summary = " ".join(f'<span class="pill">{esc(k)}: {v}</span>' for k, v in counts.items())
     rows = [[ev.get("step") if ev.get("step") is not None else "\u2014", ev["kind"], event_summary(ev, fmt=_plain_number)] for ev in run.events]
-    return f'<p class="counts">{summary}</p>' + _table(["step", "kind", "what happened"], rows, limit=MAX_EVENT_ROWS)
+    return f'<p class="counts">{summary}</p>' + _table(["step", "kind", "what happened"], rows, limit=MAX_EVENT_ROWS, breaks=True)
 
 
 RUN_SECTIONS = (

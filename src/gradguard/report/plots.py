@@ -156,6 +156,12 @@ def _module_ticks(ax, names: Sequence[str], axis: str = "x") -> None:
 
 
 def _short(name: str, limit: int = 32) -> str:
+    """A name as matplotlib should draw it: at most ``limit`` characters, and each "$" escaped,
+    since two of them would start mathtext (a module named "$$x$$" fails to parse otherwise)."""
+    return _cut(name, limit).replace("$", "\\$")
+
+
+def _cut(name: str, limit: int = 32) -> str:
     return name if len(name) <= limit else "\u2026" + name[-(limit - 1) :]
 
 
@@ -186,6 +192,7 @@ def gradient_flow(
     for label, values, color, marker in series:
         ax.plot(x, values, marker=marker, markersize=4, linewidth=1.4, color=color, label=label)
     ax.set_yscale("log")
+    _label_log_axis(ax, np.concatenate([values for _, values, _, _ in series]))
     ax.set_ylabel("norm (log scale)")
     ax.set_xlabel("module (input side \u2192 output side)")
     ax.set_xlim(-0.5, len(modules) - 0.5)
@@ -370,6 +377,7 @@ def update_ratio(steps, modules: Sequence[str], values, reference: float = 1e-3)
     ax.axhline(reference, color=COLORS["threshold"], linestyle="--", linewidth=0.8)
     ax.annotate(f"rule of thumb {reference:g}", xy=(1, reference), xycoords=("axes fraction", "data"), xytext=(-2, 2), textcoords="offset points", ha="right", fontsize=7, color=COLORS["threshold"])
     ax.set_yscale("log")
+    _label_log_axis(ax, np.concatenate([values[np.isfinite(values)], [reference]]))
     ax.set_xlabel("training step")
     ax.set_ylabel("‖update‖ / ‖weight‖")
     return _svg(fig)
