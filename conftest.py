@@ -45,8 +45,20 @@ SLOW_FILES = {
 }
 
 
+# Single tests of other files that take seconds (node id prefixes, parameters included).
+SLOW_TESTS = (
+    "tests/test_rnn_jacobian.py::test_iterative_methods_agree_with_dense[gru-power-2000]",
+    "tests/test_rnn_jacobian.py::test_iterative_methods_agree_with_dense[rnn_relu-power-2000]",
+    "tests/test_rnn_jacobian.py::test_iterative_methods_agree_with_dense[simple_tanh-power-2000]",
+    "tests/test_rnn_jacobian.py::test_iterative_methods_agree_with_dense[lstm-power-2000]",
+    "tests/test_rnn_jacobian.py::test_lanczos_needs_fewer_sweeps_than_power_iteration",
+    "tests/test_inspect_locate.py::test_inspect_cli_prints_the_table_and_findings",
+)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if Path(str(item.fspath)).name in SLOW_FILES and item.get_closest_marker("slow") is None:
+        slow = Path(str(item.fspath)).name in SLOW_FILES or item.nodeid.startswith(SLOW_TESTS)
+        if slow and item.get_closest_marker("slow") is None:
             item.add_marker(pytest.mark.slow)
 

@@ -177,6 +177,7 @@ def _empty_chunk(guard):
 
 
 # ---------------------------------------------------------------- spikes
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_spike_forensics_names_the_first_module_to_deviate():
     model = mlp(depth=3)
     guard = gg.Guard(model, log_every=10, spike_z=6.0)
@@ -197,6 +198,7 @@ def test_spike_forensics_names_the_first_module_to_deviate():
     assert 61 in [s for s, _ in guard.recorder.records["update_ratio"]]
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_no_spike_on_a_steady_run():
     model = mlp(depth=3)
     guard = train(model, gg.Guard(model, log_every=10), 120)
@@ -205,6 +207,7 @@ def test_no_spike_on_a_steady_run():
 
 
 # ---------------------------------------------------------------- rules on training runs
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_nonfinite_rule_with_the_located_module():
     class Fragile(nn.Module):
         def __init__(self):
@@ -239,6 +242,7 @@ def test_exploding_growth_on_a_diverging_run_and_silent_on_a_stable_one():
     assert "EXPLODING_GRADIENT" not in codes(train(stable, gg.Guard(stable), 60, lr=0.05))
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_clipping_always_never_and_the_recommended_threshold():
     always = mlp(depth=2, out=1)
     g1 = train(always, gg.Guard(always, clip=1e-4), 60)
@@ -256,6 +260,7 @@ def test_clipping_always_never_and_the_recommended_threshold():
     assert "CLIP_THRESHOLD" not in codes(train(short, gg.Guard(short), 10))
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_update_ratio_rule():
     fast = mlp(depth=2, out=1)
     g = train(fast, gg.Guard(fast, probe_every=5), 20, opt=torch.optim.Adam(fast.parameters(), lr=1.0))
@@ -264,6 +269,7 @@ def test_update_ratio_rule():
     assert "UPDATE_RATIO" not in codes(train(slow, gg.Guard(slow, probe_every=5), 20, opt=torch.optim.Adam(slow.parameters(), lr=1e-3)))
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_vanishing_plateau_on_a_deep_sigmoid_net():
     def deep_sigmoid(seed=0):
         torch.manual_seed(seed)
@@ -277,6 +283,7 @@ def test_vanishing_plateau_on_a_deep_sigmoid_net():
     assert "VANISHING_GRADIENT" not in codes(train(shallow, gg.Guard(shallow, probe_every=5), 120, lr=0.05, batch=128))
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_loss_oscillation_on_digits_with_a_too_high_adam_rate():
     datasets = pytest.importorskip("sklearn.datasets")
     digits = datasets.load_digits()
@@ -339,6 +346,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_store_survives_a_sigkill_of_the_writer(tmp_path):
     path = tmp_path / "killed.sqlite"
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)

@@ -63,6 +63,7 @@ def test_numbers_tables_hold_the_measured_values(full_page):
     assert "share clipped" in full_page and "skipped steps" in full_page
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_user_strings_are_escaped_in_page_and_figures(tmp_path):
     store = make_store(tmp_path / "evil.sqlite", name=EVIL, modules=[EVIL, "b", "c"], steps=40)
     store.add_findings([Finding("NONFINITE", "error", EVIL, [EVIL], {EVIL: EVIL}, EVIL, 3)])
@@ -92,6 +93,7 @@ def test_an_empty_store_renders_a_note(tmp_path):
     assert "holds no recorded steps" in page and section_order(page) == ["findings", "run"]
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_several_runs_get_a_comparison_and_one_section_each(tmp_path):
     a = make_store(tmp_path / "a.sqlite", name="no clipping", steps=40, recurrent=False)
     b = make_store(tmp_path / "b.sqlite", name="ClipNorm(1.0)", steps=40, findings=False, recurrent=False)

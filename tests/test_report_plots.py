@@ -55,6 +55,7 @@ def test_missing_data_gives_none(call):
     assert call() is None
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_each_plot_draws_svg_with_labelled_axes():
     steps = np.arange(1, 51)
     norms = np.exp(np.sin(steps / 5.0))
@@ -147,6 +148,7 @@ def test_references_shared_by_every_variant_are_drawn_once_in_grey():
     assert [(c.label, color) for c, _, color in kept] == [("v0: init", "#6b7280"), ("v3: init", plots.CYCLE[3])]
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_a_lab_figure_gives_the_same_bytes_for_the_same_data():
     kwargs = {"title": "t", "x_label": "k", "log_y": True, "hlines": [(1.0, "level")], "reference_label": "bound"}
     first = plots.lab_figure(lab_curves(), **kwargs)

@@ -37,6 +37,7 @@ def chunk(steps, before, threshold, skipped=None, loss=None, modules=("a.0", "a.
     return Chunk(np.asarray(steps, dtype=np.int64), scalars, list(modules), mods)
 
 
+@pytest.mark.slow  # a training run of seconds: make test, not make test-fast
 def test_guard_logger_writes_every_tag_with_the_right_values(tmp_path):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -9,6 +9,8 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import gradguard as gg
@@ -116,3 +118,51 @@ def test_metrics_names_and_coefficient_come_from_one_place():
     skipped = metrics({"norm_before": math.nan, "norm_after": math.nan, "skipped": True}, active_frac=0.0, skipped=3)
     assert set(skipped) == {"clip/active_frac", "steps/skipped"}
     assert coef([2.0, 0.0], [1.0, 0.0]).tolist() == [0.5, 1.0]
+
+
+def test_a_failing_store_warns_once_and_training_goes_on(tmp_path):
+    model = nn.Linear(4, 1)
+    store = RunStore(tmp_path / "s.sqlite")
+    guard = gg.Guard(model, clip=1.0, store=store, log_every=2)
+    store.close()  # every write now fails (no connection)
+    with pytest.warns(gg.GradGuardWarning, match="could not be written"):
+        train(guard, model, torch.optim.SGD(model.parameters(), lr=0.1), 6)
+    assert len(guard.history) == 6 and guard.findings() is not None
+
+
+def test_the_cli_reports_the_findings_of_a_run_that_never_closed(tmp_path, capsys):
+    from gradguard.cli import main
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    guard = gg.Guard(model, clip=1.0, store=tmp_path / "run.sqlite", log_every=5)
+    train(guard, model, torch.optim.SGD(model.parameters(), lr=0.1), 10, nan_at=(3,))
+    guard.flush()
+    assert main(["report", str(tmp_path / "run.sqlite"), "-o", "-"]) == 0
+    assert "`NONFINITE`" in capsys.readouterr().out
+
+
+@settings(max_examples=25)
+@given(
+    n=st.integers(0, 6),
+    data=st.data(),
+)
+def test_any_columns_survive_the_store_by_name(tmp_path_factory, n, data):
+    floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
+    columns = {}
+    for col in STEP_COLUMNS:
+        if data.draw(st.booleans(), label=f"has {col.name}"):
+            kind = st.booleans() if col.kind == "bool" else floats
+            columns[col.name] = np.array(data.draw(st.lists(kind, min_size=n, max_size=n), label=col.name))
+    path = tmp_path_factory.mktemp("prop") / "p.sqlite"
+    with RunStore(path) as store:
+        rec = Recorder(["m"], store=store)
+        rec.add_chunk(np.arange(1, n + 1), columns, np.ones((n, 1)))
+        back = RunData.from_store(store)
+    live = rec.run_data()
+    for col in STEP_COLUMNS:
+        # NaN reads back as NaN, inf as inf, bools as bools; a column not given reads as not measured
+        np.testing.assert_array_equal(back.scalars[col.name], live.scalars[col.name])
+        expected = columns.get(col.name)
+        if expected is not None:
+            np.testing.assert_array_equal(live.scalars[col.name], expected.astype(bool if col.kind == "bool" else float))

@@ -18,7 +18,6 @@ store) is the monitor's job (``_monitor``).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 
 from pathlib import Path
@@ -36,13 +35,13 @@ from gradguard._history import Chunk
 from gradguard._monitor import Monitor
 from gradguard._norms import GradNorms, batch_norms
 from gradguard._policy import POLICIES, NonfinitePolicy
-from gradguard._probes import Probe, build_probes, resolve_periods, resolve_probes
-from gradguard._recorder import Recorder
+from gradguard._probes import build_probes, resolve_periods, resolve_probes, split_probes
+from gradguard._recorder import Recorder, open_store
 from gradguard._rundata import RunData
 from gradguard._runmeta import recurrent_spectra, run_meta
 from gradguard._slots import ParameterSlots, agree_across_ranks
 from gradguard._probes._spikes import SPIKE_Z
-from gradguard._stepinfo import StepInfo, resolve_clipper
+from gradguard._stepinfo import StepInfo, max_lr, resolve_clipper
 from gradguard._store import RunStore
 
 
@@ -130,10 +129,10 @@ class Guard:
         self.module_names = self.grouping.labels
         self._policy = NonfinitePolicy(self.nonfinite, self.max_consecutive_skips, scaler, self.log_every)
         self.recorder = Recorder(
-            self.module_names, store=_open_store(store), loggers=loggers, max_history=max_history,
+            self.module_names, store=open_store(store), loggers=loggers, max_history=max_history,
             meta=run_meta(model, name=self.name, clipper=self.clipper, norm_type=self.norm_type, nonfinite=self.nonfinite, module_names=self.module_names),
         )
-        names, extra = _split_probes(probes)
+        names, extra = split_probes(probes)
         self.monitor = Monitor(
             self.grouping,
             build_probes(model, self.grouping, resolve_probes(names), resolve_periods(probe_every), locate_nonfinite=locate_nonfinite, extra=extra),
@@ -241,7 +240,7 @@ class Guard:
         # in one call (the loss is float64, so the row is too), host values stay Python floats.
         device_row = {"norm_before": info.norm_before, "norm_after": info.norm_after, "threshold": info.threshold,
                       "coef": info.coef, "clipped": info.clipped, "skipped": info.skipped, "loss": loss_t}
-        host_row = {"lr": _max_lr(optimizer)}
+        host_row = {"lr": max_lr(optimizer)}
         if optimizer is not None and "optimizer" not in self.recorder.meta:  # for the rules: Adam-family gets a warm-up, a scaler can collapse
             self.recorder.set_meta(optimizer=type(getattr(optimizer, "optimizer", optimizer)).__name__, scaler=bool(self.scaler is not None and self.scaler.is_enabled()))
         if self.recorder.pend(info.step, device_row, host_row, info.module_norms.to(device)) >= self.log_every:
@@ -332,37 +331,3 @@ class Guard:
 
     def __repr__(self) -> str:
         return f"Guard(clip={self.clipper!r}, nonfinite={self.nonfinite!r}, steps={self._step}, skipped={self._policy.skips})"
-
-
-def _split_probes(probes: Any) -> tuple[Any, list[Probe]]:
-    """``probes=`` as (preset or probe names, probe objects): objects may stand among the names."""
-    if probes is None or isinstance(probes, (str, Probe)):
-        return (None, [probes]) if isinstance(probes, Probe) else (probes, [])
-    items = list(probes)
-    return [p for p in items if not isinstance(p, Probe)], [p for p in items if isinstance(p, Probe)]
-
-
-def _open_store(store: str | Path | RunStore | None) -> RunStore | None:
-    if store is None or not _distributed.is_main_process():
-        return None
-    if not isinstance(store, RunStore):
-        if not isinstance(store, (str, Path)):
-            raise TypeError(f"store must be a path or a RunStore, got {type(store).__name__}.")
-        store = RunStore(store)
-    return store
-
-
-def _max_lr(optimizer: Any) -> float:
-    """The largest learning rate over the param groups, read on the host (NaN without an
-    optimizer). A tensor learning rate on an accelerator reads as NaN: reading it would sync."""
-    groups = getattr(optimizer, "param_groups", None)
-    if not groups:
-        return math.nan
-    best = math.nan
-    for group in groups:
-        lr = group.get("lr")
-        if isinstance(lr, Tensor):
-            lr = lr.item() if lr.device.type == "cpu" else math.nan
-        if isinstance(lr, numbers.Real) and not (best >= lr):
-            best = float(lr)
-    return best

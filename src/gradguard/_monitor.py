@@ -79,12 +79,20 @@ class Monitor:
 
     def end_step(self, step: int, batch: GradBatch, index: Tensor | None, present: list[bool], stepped: bool, skipped: bool | None, nonfinite: list[str] = ()) -> None:
         """Tell the probes about a non-finite step, collect this step's probes, arm the next step's."""
+        probing = self._armed_step == step
+        if not skipped and not probing:  # most steps: nothing to tell or collect
+            due = self.scheduled(step + 1)
+            if due:
+                self._arm(step + 1, due)
+            else:
+                self._armed_step = None
+            return
         ctx = self._context(step, batch, index=index, present=present, stepped=stepped, nonfinite=list(nonfinite))
         again = []
         if skipped:
             self.recorder.add_event(SkipEvent(step, parameters=list(nonfinite)))
             again = [p for p in self.probes if p.on_nonfinite(ctx)]
-        if self._armed_step == step:
+        if probing:
             for probe in self._armed:
                 self._take(step, probe, probe.collect(ctx))
                 order = getattr(probe, "forward_order", None)

@@ -12,6 +12,7 @@ Two ways in:
   ``_rundata.STEP_COLUMNS`` and any it leaves out read as not measured::
 
       >>> import numpy as np
+import torch
       >>> rec = Recorder(["dense", "out"])
       >>> chunk = rec.add_chunk([1, 2], {"norm_before": [3.0, 4.0], "norm_after": [1.0, 1.0], "clipped": [True, True]}, np.ones((2, 2)))
       >>> data = rec.run_data()
@@ -25,9 +26,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gradguard._errors import GradGuardWarning
 from gradguard._events import Event
@@ -70,8 +73,6 @@ class Recorder:
         """Keep one step's row on the device until the next flush: ``device`` maps column names to
         0-dim tensors (stacked in one call, with ``module_norms`` after them), ``host`` to Python
         floats. Returns the number of pending steps."""
-        import torch
-
         if not self._pending:
             self._device_names, self._host_names = tuple(device), tuple(host)
         row = torch.cat([torch.stack(list(device.values())), module_norms])
@@ -86,8 +87,6 @@ class Recorder:
         """Copy the pending rows to the host (one transfer) and record them as one chunk."""
         if not self._pending:
             return None
-        import torch
-
         steps = np.array([s for s, _, _ in self._pending], dtype=np.int64)
         table = torch.stack([r for _, r, _ in self._pending]).cpu().numpy()
         host = np.array([h for _, _, h in self._pending], dtype=np.float64).reshape(len(steps), len(self._host_names))
@@ -183,3 +182,17 @@ class Recorder:
         if self.store is not None:
             self._write(self.store.close)
             self.store = None
+
+
+def open_store(store: Any) -> Any:
+    """The run store Guard writes: rank 0 opens it (a path or a RunStore); other ranks none."""
+    import gradguard._distributed as _distributed
+    from gradguard._store import RunStore
+
+    if store is None or not _distributed.is_main_process():
+        return None
+    if not isinstance(store, RunStore):
+        if not isinstance(store, (str, Path)):
+            raise TypeError(f"store must be a path or a RunStore, got {type(store).__name__}.")
+        store = RunStore(store)
+    return store

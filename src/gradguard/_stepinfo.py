@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass
 from typing import Any
@@ -51,3 +52,19 @@ def resolve_clipper(clip: Any) -> Clipper | None:
         f"clip must be None, a number (max global norm), a name such as 'autoclip', or a clipper "
         f"such as gg.ClipNorm(1.0); got {type(clip).__name__}."
     )
+
+
+def max_lr(optimizer: Any) -> float:
+    """The largest learning rate over the param groups, read on the host (NaN without an
+    optimizer). A tensor learning rate on an accelerator reads as NaN: reading it would sync."""
+    groups = getattr(optimizer, "param_groups", None)
+    if not groups:
+        return math.nan
+    best = math.nan
+    for group in groups:
+        lr = group.get("lr")
+        if isinstance(lr, Tensor):
+            lr = lr.item() if lr.device.type == "cpu" else math.nan
+        if isinstance(lr, numbers.Real) and not (best >= lr):
+            best = float(lr)
+    return best

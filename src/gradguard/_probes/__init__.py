@@ -27,6 +27,7 @@ Presets, in the spirit of Cockpit's economy/business/full: "norms" (the default)
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -34,7 +35,7 @@ from gradguard._errors import check_int, unknown_name
 from gradguard._grouping import Grouping
 from gradguard._probes._base import Probe, StepContext
 
-__all__ = ["PROBE_NAMES", "PRESETS", "Probe", "StepContext", "build_probes", "resolve_periods", "resolve_probes"]
+__all__ = ["PROBE_NAMES", "PRESETS", "Probe", "StepContext", "build_probes", "resolve_periods", "resolve_probes", "split_probes"]
 
 PROBE_NAMES = ("norms", "activations", "deltas", "timesteps")
 PRESETS = {
@@ -134,3 +135,10 @@ def build_probes(model: nn.Module, grouping: Grouping, names: Iterable[str], per
         probes.append(probe)
     return probes
 
+
+def split_probes(probes: Any) -> tuple[Any, list[Probe]]:
+    """``probes=`` as (preset or probe names, probe objects): objects may stand among the names."""
+    if probes is None or isinstance(probes, (str, Probe)):
+        return (None, [probes]) if isinstance(probes, Probe) else (probes, [])
+    items = list(probes)
+    return [p for p in items if not isinstance(p, Probe)], [p for p in items if isinstance(p, Probe)]
