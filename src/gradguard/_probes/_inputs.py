@@ -113,6 +113,10 @@ class InputCheck(Probe):
 
     def _on_flush(self, chunk) -> None:
         # Under "ignore", inputs were kept by step count; chunk row i is step count _flushed + i.
+        # The held inputs belong to a step in this chunk when the flush came at its end (Guard
+        # flushes right after recording a step): close that step first.
+        if self._mark is not None and self._mark < self._flushed + len(chunk) and (self._passes or self._current):
+            self.end_step(self._mark, None if self._ignore() else False)
         bad = ~np.isfinite(np.asarray(chunk.scalars["norm_before"], dtype=float))
         counts = list(range(self._flushed, self._flushed + len(chunk)))
         events = self.flush(counts, bad.tolist())
