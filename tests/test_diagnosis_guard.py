@@ -71,3 +71,9 @@ def test_run_record_carries_what_the_rules_need():
     assert data.scalars["lr"][0] == 1e-3
     guard.close()
     assert not model._forward_pre_hooks  # close() removes the input check's hook too
+
+
+def test_nan_under_ignore_on_a_flush_step():
+    model = _mlp()  # log_every=10: the bad batch is the last step of a chunk, flushed right after it
+    found = _train(model, gg.Guard(model, nonfinite="ignore"), torch.optim.Adam(model.parameters(), lr=1e-3), 30, bad_step=20)
+    assert found[0].code == "NONFINITE_INPUT" and found[0].step == 20

@@ -13,10 +13,11 @@ references of the unflushed steps are kept until then (at most ``log_every`` bat
 little longer), and checked there. A fused optimizer that skips on the device tells the host
 nothing: there the check cannot run.
 
-As a probe (``_base.Probe``) it has period 1: ``collect`` closes each step (nothing is measured
-there), ``on_nonfinite`` checks, and ``bind`` hands it the recorder, whose flushes it reads and
-whose ``meta["inputs"]`` it keeps (batch size, forward passes per step, autocast dtype, parameter
-dtypes) for the rules.
+As a probe (``_base.Probe``) it has no period, so plain steps never call it: ``on_nonfinite``
+checks, and ``bind`` hands it the recorder, whose flushes it reads and whose ``meta["inputs"]`` it
+keeps (batch size, forward passes per step, autocast dtype, parameter dtypes) for the rules. The
+hook tells one optimizer step from the next by the recorder's count of steps (flushed plus
+pending): a forward pass that sees the count moved starts a new step.
 """
 
 from __future__ import annotations
@@ -54,13 +55,15 @@ class InputCheck(Probe):
     """Keeps the current step's inputs by reference; checks them only on non-finite steps."""
 
     name = "inputs"
-    period = 1  # collect() closes every step; it measures nothing
+    period = None  # never scheduled: on_nonfinite and the flush are all it needs
 
     def __init__(self, model: nn.Module):
         self.model = model
         self._recorder = None
         self._emit = None
         self._meta: dict[str, Any] = {}
+        self._flushed = 0  # steps the recorder has flushed: with its pending ones, the step count
+        self._mark: int | None = None  # the step count when the held inputs were taken
         self._current: list[tuple[int, str, Tensor]] = []  # (forward pass, argument path, tensor)
         self._passes = 0
         self._unflushed: dict[int, list[tuple[int, str, Tensor]]] = {}
@@ -69,9 +72,17 @@ class InputCheck(Probe):
         self.autocast_dtype: str | None = None
         self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
+    def _steps_done(self) -> int | None:
+        return None if self._recorder is None else self._flushed + self._recorder.pending
+
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if not module.training or not torch.is_grad_enabled():
             return  # evaluation passes feed no gradient
+        done = self._steps_done()
+        if done is not None and done != self._mark:  # the first pass of a new optimizer step
+            if self._mark is not None and (self._passes or self._current):
+                self.end_step(self._mark, None if self._ignore() else False)
+            self._mark = done
         found: list[tuple[str, Tensor]] = []
         _floats(args, "input", found)
         _floats(kwargs, "input", found)
@@ -93,19 +104,26 @@ class InputCheck(Probe):
         return self._recorder is not None and self._recorder.meta.get("nonfinite") == "ignore"
 
     def on_nonfinite(self, ctx: StepContext) -> bool:
-        self._send(self.end_step(ctx.step, True), ctx.emit)
+        self._emit = ctx.emit
+        event = self.end_step(self._mark if self._mark is not None else ctx.step, True)
+        if event is not None:
+            event["step"] = ctx.step
+        self._send(event, ctx.emit)
         return False
 
-    def collect(self, ctx: StepContext) -> dict:
-        if self._passes or self._current:  # not closed by on_nonfinite
-            self._send(self.end_step(ctx.step, None if self._ignore() else False), ctx.emit)
-        self._emit = ctx.emit
-        return {}
-
     def _on_flush(self, chunk) -> None:
+        # Under "ignore", inputs were kept by step count; chunk row i is step count _flushed + i.
+        # The held inputs belong to a step in this chunk when the flush came at its end (Guard
+        # flushes right after recording a step): close that step first.
+        if self._mark is not None and self._mark < self._flushed + len(chunk) and (self._passes or self._current):
+            self.end_step(self._mark, None if self._ignore() else False)
         bad = ~np.isfinite(np.asarray(chunk.scalars["norm_before"], dtype=float))
-        for event in self.flush(list(chunk.steps), bad.tolist()):
-            self._send(event, self._emit)
+        counts = list(range(self._flushed, self._flushed + len(chunk)))
+        events = self.flush(counts, bad.tolist())
+        for event in events:
+            event["step"] = int(chunk.steps[event["step"] - self._flushed])
+            self._send(event, self._emit or self._recorder.add_event)
+        self._flushed += len(chunk)
         summary = self.summary()
         if summary != self._meta and self._recorder is not None:
             self._meta = summary
@@ -138,7 +156,8 @@ class InputCheck(Probe):
                 event = self._check(step, kept, self.micro_batches or 1)
                 if event is not None:
                     out.append(event)
-        self._unflushed.clear()
+        last = max(steps, default=None)
+        self._unflushed = {s: v for s, v in self._unflushed.items() if last is None or s > last}
         return out
 
     def _check(self, step: int, inputs: list[tuple[int, str, Tensor]], passes: int) -> dict[str, Any] | None:
