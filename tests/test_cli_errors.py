@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import os
 import sqlite3
 import subprocess
@@ -192,8 +193,6 @@ def stores(tmp_path):
 
 REPORT_CASES = [
     (["corrupt.sqlite", "-o", "r.md"], ["cannot read", "corrupt.sqlite", "malformed"]),
-    (["dangling.sqlite", "-o", "r.md"], ["cannot read", "dangling.sqlite", "damaged"]),
-    (["good.sqlite", "dangling.sqlite", "-o", "r.html"], ["dangling.sqlite"]),
     (["bad_meta.sqlite", "-o", "-"], ["cannot read", "bad_meta.sqlite", "JSONDecodeError"]),
     (["lab", "-o", "r.md"], ["cannot read", "result.json", "damaged"]),
     (["good.sqlite", "-o", "a_dir"], ["-o 'a_dir' is a directory", "a_dir/report.html"]),
@@ -213,8 +212,17 @@ def test_report_user_errors(stores, monkeypatch, capsys, argv, needles):
 def test_report_debug_shows_the_traceback(stores, monkeypatch):
     monkeypatch.chdir(stores)
     monkeypatch.setenv("GRADGUARD_DEBUG", "1")
-    with pytest.raises(IndexError):
-        main(["report", "dangling.sqlite", "-o", "r.md"])
+    with pytest.raises(sqlite3.DatabaseError):
+        main(["report", "corrupt.sqlite", "-o", "r.md"])
+
+
+def test_a_store_with_a_dangling_module_id_reports_with_a_visible_placeholder(stores, monkeypatch, capsys):
+    """The store reads a module id it does not list as '?<id>' (RunStore): the report is written
+    and shows the placeholder, so the gap is visible rather than fatal or silent."""
+    monkeypatch.chdir(stores)
+    code, _, err = run_cli(["report", "dangling.sqlite", "-o", "r.md"], capsys)
+    assert code == 0 and "Traceback" not in err
+    assert re.search(r"\?\d+", (stores / "r.md").read_text())
 
 
 def test_a_bug_in_the_report_still_shows_a_traceback(stores, monkeypatch):
