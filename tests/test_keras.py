@@ -111,10 +111,12 @@ def _fit_state_unchanged_on_nan(jit, steps_per_execution, clip):
     return opt, before, after, model, x, y
 
 
-@pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("steps_per_execution", [1, 3])
-def test_fit_skip_leaves_variables_slots_and_iterations_bitwise_unchanged(jit, steps_per_execution):
-    opt, before, after, model, x, y = _fit_state_unchanged_on_nan(jit, steps_per_execution, "zclip")
+@pytest.mark.parametrize(
+    "jit, steps_per_execution, clip",
+    [(False, 1, "zclip"), (False, 3, "zclip"), (True, 1, "zclip"), (True, 3, "zclip"), (True, 3, "autoclip")],
+)
+def test_fit_skip_leaves_variables_slots_and_iterations_bitwise_unchanged(jit, steps_per_execution, clip):
+    opt, before, after, model, x, y = _fit_state_unchanged_on_nan(jit, steps_per_execution, clip)
     assert same_bits(before, after)
     assert opt.skipped_steps == 3
     assert int(opt.iterations.numpy()) == 3
@@ -225,6 +227,28 @@ def test_jit_compile_rows_wait_on_the_device_and_the_callback_reads_them():
 
 
 # ---------------------------------------------------------------------- adaptive state
+def test_autoclip_state_never_retraces_and_is_checkpointed(tmp_path):
+    """The exact buffer fills, then the histogram takes over, in one trace; both are checkpointed."""
+    model, (x, y) = mlp(), data()
+    opt = GuardOptimizer(keras.optimizers.Adam(1e-3), clip=gg.AutoClip(exact_samples=4))
+    opt.build(model.trainable_variables)
+
+    @tf.function
+    def step(x):
+        opt.apply_gradients(zip(tape_grads(model, x, y), model.trainable_variables))
+
+    for i in range(6):
+        step(tf.constant(x * (1 + 0.5 * i)))
+    assert step.experimental_get_tracing_count() == 1
+    exact = np.array(opt.clipper.exact.numpy(), copy=True)
+    assert np.isfinite(exact).all() and (np.diff(exact) >= 0).all()  # 4 norms kept, in order
+    assert float(np.sum(opt.clipper.counts.numpy())) == 6
+    path = tf.train.Checkpoint(optimizer=opt, model=model).save(str(tmp_path / "ckpt"))
+    opt.clipper.exact.assign(np.full(4, np.inf))
+    tf.train.Checkpoint(optimizer=opt, model=model).restore(path)
+    np.testing.assert_array_equal(opt.clipper.exact.numpy(), exact)
+
+
 def test_adaptive_state_never_retraces_and_is_checkpointed(tmp_path):
     model, (x, y) = mlp(), data()
     opt = GuardOptimizer(keras.optimizers.Adam(1e-3), clip=gg.ZClip(warmup_steps=3))

@@ -97,10 +97,13 @@ SCHEDULE = [1.0, 2.0, 0.5, 1.0, 1.5, 30.0, float("nan"), 1.0, 0.8, 60.0, 1.0, 2.
         gg.AGC(clipping=0.05),
         gg.AGC(clipping=0.05, exclude=()),
         gg.AutoClip(percentile=25.0),
+        gg.AutoClip(percentile=25.0, exact_samples=5),  # the exact buffer, then the histogram
+        gg.AutoClip(percentile=25.0, exact_samples=0),
         gg.AutoClip(percentile=50.0, decay=0.9),
-        gg.ZClip(warmup_steps=3),
+        gg.ZClip(warmup_steps=3),  # the default cap, 1.0, binds on every step here
+        gg.ZClip(warmup_steps=3, max_grad_norm=None),  # purely adaptive: the EMA thresholds show
         gg.ZClip(warmup_steps=3, mode="percentile", max_grad_norm=5.0),
-        gg.ZClip(warmup_steps=3, clip_option="mean", skip_update_on_spike=True),
+        gg.ZClip(warmup_steps=3, clip_option="mean", skip_update_on_spike=True, max_grad_norm=None),
     ],
     ids=repr,
 )
@@ -110,8 +113,17 @@ def test_keras_clipper_matches_torch_clipper(clipper):
 
 @pytest.mark.parametrize(
     "torch_side, keras_side",
-    [(gg.ClipNorm(2.0), gg.ClipNorm(2.001)), (gg.ZClip(warmup_steps=3), gg.ZClip(warmup_steps=3, alpha=0.96)), (gg.AGC(0.05), gg.AGC(0.05, exclude=()))],
-    ids=["norm", "zclip", "agc"],
+    [
+        (gg.ClipNorm(2.0), gg.ClipNorm(2.001)),
+        # No cap: with max_grad_norm=1.0 every norm of SCHEDULE (about 5) is clipped to the cap,
+        # so alpha would never reach a threshold and no comparison could see it.
+        (gg.ZClip(warmup_steps=3, max_grad_norm=None), gg.ZClip(warmup_steps=3, alpha=0.96, max_grad_norm=None)),
+        (gg.ZClip(warmup_steps=3), gg.ZClip(warmup_steps=3, max_grad_norm=1.01)),
+        (gg.AutoClip(percentile=25.0), gg.AutoClip(percentile=26.0)),
+        (gg.AutoClip(percentile=25.0), gg.AutoClip(percentile=25.0, exact_samples=0)),
+        (gg.AGC(0.05), gg.AGC(0.05, exclude=())),
+    ],
+    ids=["norm", "zclip", "zclip_cap", "autoclip", "autoclip_exact", "agc"],
 )
 def test_agreement_check_can_fail(torch_side, keras_side):
     """A slightly different Keras clipper is caught by the comparison."""
@@ -130,7 +142,35 @@ def test_nonfinite_step_leaves_adaptive_state_unchanged():
 
 
 def _state_vars(kc):
-    return [kc.counts] if hasattr(kc, "counts") else [kc.count, kc.buffer, kc.mean, kc.var]
+    return [kc.counts, kc.exact] if hasattr(kc, "counts") else [kc.count, kc.buffer, kc.mean, kc.var]
+
+
+@pytest.mark.parametrize("name", ["ClipNorm", "ClipTensorNorm", "ClipValue", "AGC", "AutoClip", "ZClip"])
+def test_keras_clipper_constructors_mirror_torch(name):
+    """Same arguments, kinds and defaults as the PyTorch clipper of the same name."""
+    import inspect
+
+    from gradguard.keras import _clippers
+
+    def params(cls):
+        return [(p.name, p.kind, p.default) for p in inspect.signature(cls.__init__).parameters.values()]
+
+    assert params(getattr(_clippers, name)) == params(getattr(gg, name))
+
+
+def test_autoclip_exact_phase_is_np_percentile_then_histogram():
+    """Keras AutoClip's threshold is np.percentile over the norms so far for the first exact_samples."""
+    steps = [1.0, 3.0, 0.2, float("nan"), 5.0, 0.7, 2.0, 0.1, 9.0]
+    seen = []
+    for stats, mine, *_ in run_both(gg.AutoClip(percentile=30.0, exact_samples=6), steps):
+        if not np.isfinite(mine["norm_before"]):
+            continue
+        seen.append(mine["norm_before"])
+        if len(seen) <= 6:
+            np.testing.assert_allclose(mine["threshold"], np.percentile(seen, 30.0), rtol=1e-6)
+        else:  # the histogram: within one bin (a factor 10 ** (1 / 200)) of the bracketing norms
+            lo, hi = np.percentile(seen, 30.0, method="lower"), np.percentile(seen, 30.0, method="higher")
+            assert lo / 1.0117 <= mine["threshold"] <= hi * 1.0117
 
 
 @given(scale=st.floats(1e-3, 1e3), max_norm=st.floats(1e-2, 1e2))

@@ -6,7 +6,7 @@ that they agree. Two layout differences follow from Keras itself:
 
 * Keras kernels are stored input-first, ``(in, out)`` for ``Dense`` and ``(h, w, in, out)`` for
   ``Conv2D``, so AGC's output units lie on the **last** axis, where PyTorch has them first.
-* Adaptive state (AutoClip's histogram, ZClip's moving statistics) lives in non-trainable
+* Adaptive state (AutoClip's exact buffer and histogram, ZClip's moving statistics) lives in non-trainable
   optimizer variables: a changing threshold is a variable update, never a retrace, and the state
   is saved and restored with the optimizer.
 
@@ -20,12 +20,22 @@ import fnmatch
 import math
 from typing import Any
 
+import keras
 from keras import ops
 
+from gradguard._errors import check_choice, check_fraction, check_int, check_norm_type, check_positive
 from gradguard.keras._measure import Measured
 
 TORCH_CLIP_EPS = 1e-6  # clip_grad_norm_'s (and ClipNorm's) eps in max_norm / (norm + eps)
 GRAD_NORM_FLOOR = 1e-6  # AGC's floor on a unit's gradient norm, as in gradguard.AGC
+EXACT_SAMPLES = 10_000  # AutoClip's percentile is exact over this many first norms, as in gradguard.AutoClip
+
+
+def _check_l2(owner: str, norm_type) -> float:
+    p = check_norm_type(norm_type)
+    if p != 2.0:
+        raise ValueError(f"gradguard.keras measures L2 norms only; got {owner}(norm_type={norm_type!r}). Use norm_type=2.0.")
+    return p
 
 
 def _scale(grads, coef):
@@ -56,8 +66,9 @@ class ClipNorm(KerasClipper):
 
     name = "norm"
 
-    def __init__(self, max_norm: float):
-        self.max_norm = float(max_norm)
+    def __init__(self, max_norm: float, norm_type: float | str = 2.0):
+        self.max_norm = check_positive("max_norm", max_norm)
+        self.norm_type = _check_l2("ClipNorm", norm_type)
 
     def apply(self, grads, variables, m):
         coef = ops.minimum(self.max_norm / (m.total + TORCH_CLIP_EPS), 1.0)
@@ -69,8 +80,9 @@ class ClipTensorNorm(KerasClipper):
 
     name = "tensor_norm"
 
-    def __init__(self, max_norm: float):
-        self.max_norm = float(max_norm)
+    def __init__(self, max_norm: float, norm_type: float | str = 2.0):
+        self.max_norm = check_positive("max_norm", max_norm)
+        self.norm_type = _check_l2("ClipTensorNorm", norm_type)
 
     def apply(self, grads, variables, m):
         c = self.max_norm
@@ -90,7 +102,7 @@ class ClipValue(KerasClipper):
     name = "value"
 
     def __init__(self, clip_value: float):
-        self.clip_value = float(clip_value)
+        self.clip_value = check_positive("clip_value", clip_value)
 
     def apply(self, grads, variables, m):
         c = self.clip_value
@@ -129,8 +141,14 @@ class AGC(KerasClipper):
 
     name = "agc"
 
-    def __init__(self, clipping: float, eps: float, exclude: tuple[str, ...]):
-        self.clipping, self.eps, self.exclude = float(clipping), float(eps), tuple(exclude)
+    def __init__(self, clipping: float = 0.01, eps: float = 1e-3, exclude: str | tuple[str, ...] = ("head",)):
+        if isinstance(exclude, str):
+            exclude = (exclude,)
+        if exclude is None or not hasattr(exclude, "__iter__") or not all(isinstance(p, str) for p in exclude):
+            raise TypeError(f"exclude must be a sequence of glob patterns on variable paths, or 'head' for the final layer, got {exclude!r}. Use exclude=() to clip every variable.")
+        self.clipping = check_positive("clipping", clipping)
+        self.eps = check_positive("eps", eps, allow_zero=True)
+        self.exclude = tuple(exclude)
 
     def build(self, optimizer, variables) -> None:
         super().build(optimizer, variables)
@@ -170,40 +188,92 @@ def _clip_to(grads, total, target):
 class AutoClip(KerasClipper):
     """Clip to the p-th percentile of all past norms (Seetharaman et al. 2020, arXiv:2007.14469).
 
-    The history is ``gradguard``'s log-spaced histogram (``gradguard._clipping._quantile``): a
-    float64 count per bin in one optimizer variable, constant memory and cost per step.
+    The same two-part history as ``gg.AutoClip`` (``gradguard._clipping._quantile``): for the
+    first ``exact_samples`` finite norms the threshold is the exact percentile (``np.percentile``'s
+    linear method) over a sorted buffer of fixed size, padded with +inf; after that it comes from a
+    log-spaced histogram (a float64 count per bin), constant memory and cost per step. Both live
+    in non-trainable optimizer variables of fixed shape. With a ``decay`` every threshold comes
+    from the histogram, as in ``gg.AutoClip``.
     """
 
     name = "autoclip"
 
-    def __init__(self, percentile: float, decay: float | None, log_low: float, n_bins: int, bins_per_decade: int):
-        # The histogram layout is taken from gg.AutoClip's, so both bin a norm alike.
-        self.q = float(percentile) / 100.0
-        self.decay = decay
-        self.log_low, self.n_bins, self.bins_per_decade = float(log_low), int(n_bins), int(bins_per_decade)
+    def __init__(
+        self,
+        percentile: float = 10.0,
+        *,
+        norm_type: float | str = 2.0,
+        decay: float | None = None,
+        exact_samples: int = EXACT_SAMPLES,
+        low: float = 1e-12,
+        high: float = 1e12,
+        bins_per_decade: int = 200,
+    ):
+        self.percentile = check_fraction("percentile", percentile, low=0.0, high=100.0, closed=True)
+        self.norm_type = _check_l2("AutoClip", norm_type)
+        self.decay = None if decay is None else check_fraction("decay", decay)
+        self.exact_samples = 0 if self.decay is not None else check_int("exact_samples", exact_samples, minimum=0)
+        low, high = check_positive("low", low), check_positive("high", high)
+        if not low < high:
+            raise ValueError(f"AutoClip needs low < high, got low={low!r}, high={high!r}.")
+        self.bins_per_decade = check_int("bins_per_decade", bins_per_decade, minimum=1)
+        # The layout formula of gradguard._clipping._quantile.LogHistogramQuantile: both bin a norm alike.
+        self.log_low = math.log10(low)
+        self.n_bins = int(round((math.log10(high) - self.log_low) * self.bins_per_decade))
+        self.q = self.percentile / 100.0
 
     def build(self, optimizer, variables) -> None:
         super().build(optimizer, variables)
-        self.counts = optimizer.add_variable((self.n_bins,), initializer="zeros", dtype="float64", aggregation="only_first_replica", name="autoclip_counts")
+        add = optimizer.add_variable
+        self.counts = add((self.n_bins,), initializer="zeros", dtype="float64", aggregation="only_first_replica", name="autoclip_counts")
+        size = max(self.exact_samples, 1)
+        self.exact = add((size,), initializer=keras.initializers.Constant(math.inf), dtype="float64", aggregation="only_first_replica", name="autoclip_exact")
 
     def apply(self, grads, variables, m):
         total = m.total
         keep = ops.cast(m.finite, "float64")
-        counts = self.counts.value if hasattr(self.counts, "value") else self.counts
-        counts = ops.convert_to_tensor(counts)
+        counts = ops.convert_to_tensor(self.counts)
+        seen = ops.sum(counts)  # finite norms before this step (exact: no decay when the buffer is on)
         if self.decay is not None:
             counts = counts * (1.0 - keep * (1.0 - self.decay))
-        x = ops.maximum(ops.cast(total, "float64"), 1e-300)
-        position = (ops.log10(x) - self.log_low) * self.bins_per_decade
+        x = ops.cast(total, "float64")
+        position = (ops.log10(ops.maximum(x, 1e-300)) - self.log_low) * self.bins_per_decade
         position = ops.nan_to_num(position, nan=0.0, posinf=self.n_bins - 1, neginf=0.0)
         index = ops.cast(ops.clip(ops.floor(position), 0, self.n_bins - 1), "int32")
         counts = counts + ops.one_hot(index, self.n_bins, dtype="float64") * keep
         self.counts.assign(counts)
-        threshold = ops.cast(self._quantile(counts), total.dtype)
+        threshold = self._histogram_quantile(counts)
+        if self.exact_samples:
+            n = seen + keep
+            exact = self._insert(ops.convert_to_tensor(self.exact), x, ops.logical_and(m.finite, seen < self.exact_samples))
+            self.exact.assign(exact)
+            threshold = ops.where(n <= self.exact_samples, self._exact_quantile(exact, n), threshold)
+        threshold = ops.cast(threshold, total.dtype)
         out, after, clipped = _clip_to(grads, total, threshold)
         return out, after, threshold, clipped
 
-    def _quantile(self, counts):
+    def _insert(self, buf, x, keep):
+        """``x`` into the ascending buffer where ``keep``, shifting the larger entries up one slot."""
+        size = buf.shape[0]
+        k = ops.cast(ops.searchsorted(buf, ops.reshape(x, (1,)), side="right"), "int32")[0]
+        index = ops.arange(size, dtype="int32")
+        moved = ops.where(index < k, buf, ops.where(index == k, x, ops.roll(buf, 1)))
+        return ops.where(keep, moved, buf)
+
+    def _exact_quantile(self, buf, n):
+        """np.percentile's linear method over the first ``n`` entries (numpy's ``_lerp``)."""
+        last = ops.maximum(n - 1.0, 0.0)
+        r = self.q * last
+        lo = ops.floor(r)
+        hi = ops.minimum(lo + 1.0, last)
+        top = buf.shape[0] - 1
+        a = ops.take(buf, ops.clip(ops.cast(lo, "int32"), 0, top))
+        b = ops.take(buf, ops.clip(ops.cast(hi, "int32"), 0, top))
+        t = r - lo
+        value = ops.where(t >= 0.5, b - (b - a) * (1.0 - t), a + (b - a) * t)
+        return ops.where(n > 0, value, math.inf)
+
+    def _histogram_quantile(self, counts):
         cumulative = ops.cumsum(counts)
         n = cumulative[-1]
         rank = ops.maximum(self.q * (n - 1.0), 0.0)
@@ -216,14 +286,36 @@ class AutoClip(KerasClipper):
 
 
 class ZClip(KerasClipper):
-    """EMA z-score clipping (Kumar et al. 2025, arXiv:2504.02507), as ``gg.ZClip``: see its docstring."""
+    """EMA z-score clipping (Kumar et al. 2025, arXiv:2504.02507), as ``gg.ZClip``: see its docstring.
+
+    During warm-up the norm is clipped to ``max_grad_norm`` only (1.0 by default, the ``zclip``
+    package's default; None: no cap), which also caps the adaptive bound afterwards.
+    """
 
     name = "zclip"
 
-    def __init__(self, alpha, z_thresh, warmup_steps, max_grad_norm, eps, mode, clip_option, clip_factor, skip_update_on_spike):
-        self.alpha, self.z_thresh, self.warmup_steps = float(alpha), float(z_thresh), int(warmup_steps)
-        self.max_grad_norm, self.eps, self.mode = max_grad_norm, float(eps), mode
-        self.clip_option, self.clip_factor, self.skip_update_on_spike = clip_option, float(clip_factor), bool(skip_update_on_spike)
+    def __init__(
+        self,
+        alpha: float = 0.97,
+        z_thresh: float = 2.5,
+        warmup_steps: int = 25,
+        *,
+        max_grad_norm: float | None = 1.0,
+        eps: float = 1e-6,
+        mode: str = "zscore",
+        clip_option: str = "adaptive_scaling",
+        clip_factor: float = 1.0,
+        skip_update_on_spike: bool = False,
+    ):
+        self.alpha = check_fraction("alpha", alpha)
+        self.z_thresh = check_positive("z_thresh", z_thresh)
+        self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=1)
+        self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
+        self.eps = check_positive("eps", eps)
+        self.mode = check_choice("mode", mode, ("zscore", "percentile"))
+        self.clip_option = check_choice("clip_option", clip_option, ("adaptive_scaling", "mean"))
+        self.clip_factor = check_positive("clip_factor", clip_factor)
+        self.skip_update_on_spike = bool(skip_update_on_spike)
 
     def build(self, optimizer, variables) -> None:
         super().build(optimizer, variables)
@@ -296,10 +388,13 @@ def resolve(clip: Any) -> KerasClipper | None:
     if isinstance(c, torch_clipping.AGC):
         return AGC(c.clipping, c.eps, c.exclude)
     if isinstance(c, torch_clipping.AutoClip):
-        h = c._history
-        return AutoClip(c.percentile, c.decay, h.log_low, h.n_bins, h.bins_per_decade)
+        kc = AutoClip(c.percentile, decay=c.decay, exact_samples=c.exact_samples, bins_per_decade=c._history.bins_per_decade)
+        # gg.AutoClip keeps its histogram layout, not low/high: copy it, so both bin every norm alike.
+        kc.log_low, kc.n_bins = c._history.log_low, c._history.n_bins
+        return kc
     if isinstance(c, torch_clipping.ZClip):
-        return ZClip(c.alpha, c.z_thresh, c.warmup_steps, c.max_grad_norm, c.eps, c.mode, c.clip_option, c.clip_factor, c.skip_update_on_spike)
+        options = {k: getattr(c, k) for k in ("max_grad_norm", "eps", "mode", "clip_option", "clip_factor", "skip_update_on_spike")}
+        return ZClip(c.alpha, c.z_thresh, c.warmup_steps, **options)
     raise TypeError(
         f"gradguard.keras has no Keras version of the clipper {type(c).__name__}; use one of "
         "'norm', 'tensor_norm', 'value', 'agc', 'autoclip', 'zclip'."
