@@ -12,7 +12,6 @@ Two ways in:
   ``_rundata.STEP_COLUMNS`` and any it leaves out read as not measured::
 
       >>> import numpy as np
-import torch
       >>> rec = Recorder(["dense", "out"])
       >>> chunk = rec.add_chunk([1, 2], {"norm_before": [3.0, 4.0], "norm_after": [1.0, 1.0], "clipped": [True, True]}, np.ones((2, 2)))
       >>> data = rec.run_data()
