@@ -172,7 +172,7 @@ def test_inspect_cli_prints_the_table_and_findings(tmp_path):
     ))
     cmd = [sys.executable, "-m", "gradguard", "inspect", "nets:deep_sigmoid", "--input-shape", "32", "16", "--classes", "4", "--json"]
     out = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 1, out.stderr  # an ERROR finding fails the command (--fail-on error, the default)
     result = json.loads(out.stdout)
     assert len(result["layers"]) == 21
     assert result["findings"][0]["code"] == "VANISHING_GRADIENT"

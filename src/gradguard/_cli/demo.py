@@ -40,4 +40,12 @@ def run(args: argparse.Namespace) -> int:
     report = summary.write_html_report(args.out, title="gradguard demo")
     written = ["summary.md", "summary.json"] + ([report.name] if report else [])
     print(f"Wrote {', '.join(f'{args.out}/{w}' for w in written)}; every job's numbers are in {args.out}/<experiment>/{args.preset}/.", file=sys.stderr)
+    if report:
+        print(f"The report: {report.resolve()} (open it in a browser).", file=sys.stderr)
+    print(
+        "To guard your own training: guard = gradguard.Guard(model, clip=1.0); call guard.step(optimizer, loss=loss) "
+        "in place of optimizer.step(); then print(guard.findings()) and guard.report('run.html'). "
+        "The README's 'Debug your own run' shows it on a broken run.",
+        file=sys.stderr,
+    )
     return 0 if all(r["verdict"]["status"] != "error" for r in results) else 1
