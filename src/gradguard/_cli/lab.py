@@ -40,7 +40,7 @@ def register(subparsers) -> None:
 
 
 def add_run_options(p: argparse.ArgumentParser, default_out: str = "lab-results") -> None:
-    p.add_argument("--preset", choices=PRESET_CHOICES, default="quick", help="quick: 2 CPU cores, about a minute each; standard: quick plus the longer runs some claims need; full: paper scale; smoke: a few steps, checks the set-up only")
+    p.add_argument("--preset", choices=PRESET_CHOICES, default="quick", help="quick: 2 CPU cores, seconds to a few minutes each (see `gradguard lab list`); standard: quick plus the longer runs some claims need; full: paper scale; smoke: a few steps, checks the set-up only")
     p.add_argument("--out", default=default_out, help="results directory (default %(default)s); rerunning into it resumes")
     p.add_argument("--device", choices=DEVICE_CHOICES, default="auto", help="auto: cuda if available, else cpu")
     p.add_argument("--workers", type=int, default=None, help="processes for CPU jobs (default: one per core; 1 runs everything here)")
