@@ -131,3 +131,17 @@ def test_guard_module_names_are_the_same_under_torch_compile():
     assert compiled.module_names == plain.module_names and compiled.name == plain.name
     plain.close()
     compiled.close()
+
+
+def test_inspect_and_locate_name_layers_without_the_wrapper_prefix():
+    """gg.inspect and gg.locate_nonfinite unwrap as Guard does: DataParallel's 'module.' is gone."""
+    import gradguard as gg
+
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    wrapped = nn.DataParallel(inner)
+    x = torch.randn(8, 4)
+    diagnosis = gg.inspect(wrapped, lambda: wrapped(x).pow(2).mean())
+    assert [row.name for row in diagnosis.layers][:1] == ["0"]
+    finding = gg.locate_nonfinite(wrapped, lambda: wrapped(x).log().mean())  # log of negatives
+    assert finding is not None and not finding.where[0].startswith("module.")

@@ -128,6 +128,9 @@ def inspect(model: nn.Module, closure: Callable[[], Tensor]) -> Diagnosis:
         raise TypeError(f"inspect needs an nn.Module, got {type(model).__name__}.")
     if not callable(closure):
         raise TypeError("closure must be a function that runs the forward pass and returns a scalar loss.")
+    from gradguard._names import unwrap
+
+    model = unwrap(model)  # torch.compile/DDP wrappers off: layers under the user's own names
     snapshot = _Snapshot(model)
     activations, deltas = ActivationProbe(model), DeltaProbe(model)
     timesteps = {name: TimestepProbe(m) for name, m in model.named_modules() if is_recurrent(m)}

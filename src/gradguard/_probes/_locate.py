@@ -186,6 +186,9 @@ def locate_nonfinite(model: nn.Module, closure: Callable[[], Tensor]) -> Finding
     direction and whether the module produced the value or passed it on), or None when every
     value was finite. Gradients are restored afterwards; parameters are not changed.
     """
+    from gradguard._names import unwrap
+
+    model = unwrap(model)  # torch.compile/DDP wrappers off: the module is named as the user wrote it
     saved = {name: (p.grad.clone() if p.grad is not None else None) for name, p in model.named_parameters()}
     locator = NonfiniteLocator(model)
     locator.arm()
