@@ -69,7 +69,7 @@ def test_build_gives_one_sdist_and_one_wheel_that_pass_twine_check(dist):
         metadata = wheel.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
     assert "gradguard/py.typed" in names
     assert not any(n.startswith(("tests/", "examples/")) for n in names)  # the wheel holds the package only
-    assert "Project-URL: Changelog" in metadata and "Provides-Extra: loggers" in metadata
+    assert "Provides-Extra: loggers" in metadata and "Provides-Extra: keras" in metadata
 
 
 def test_the_installed_wheel_runs_the_smoke_demo(dist, tmp_path):
