@@ -25,6 +25,7 @@ from gradguard.report.plots import (
     _edges,
     _has_positive,
     _positive,
+    flow_series,
 )
 from gradguard.report.plots import (
     _cut as _short,  # Bokeh draws "$" as is: no mathtext escaping
@@ -113,11 +114,7 @@ def _finite_or_nan(values) -> np.ndarray:
 # ---------------------------------------------------------------------- gradient flow
 def gradient_flow(modules: Sequence[str], grad_norm=None, error_norm=None, grad_step=None, error_step=None):
     """Norm per module, input side left, log axis (see ``plots.gradient_flow``)."""
-    series = []
-    if grad_norm is not None and _has_positive(grad_norm):
-        series.append(("weight gradient ‖dL/dW‖" + (f" (step {grad_step})" if grad_step is not None else ""), _positive(grad_norm), COLORS["grad"], "circle"))
-    if error_norm is not None and _has_positive(error_norm):
-        series.append(("back-propagated error ‖dL/dh‖" + (f" (step {error_step})" if error_step is not None else ""), _positive(error_norm), COLORS["error"], "square"))
+    series = flow_series(grad_norm, error_norm, grad_step, error_step, markers=("circle", "square"))
     if not series or not modules:
         return None
     _bokeh()

@@ -166,6 +166,19 @@ def _cut(name: str, limit: int = 32) -> str:
 
 
 # ---------------------------------------------------------------------- gradient flow
+def flow_series(grad_norm, error_norm, grad_step, error_step, markers: tuple[str, str]) -> list[tuple[str, np.ndarray, str, str]]:
+    """The gradient-flow figure's series, shared by the static and the interactive report:
+    (label, values with NaN where not > 0, colour, marker) for the weight gradients and the
+    back-propagated errors that have a positive value. ``markers``: the backend's names for
+    a circle and a square."""
+    series = []
+    if grad_norm is not None and _has_positive(grad_norm):
+        series.append(("weight gradient ‖dL/dW‖" + (f" (step {grad_step})" if grad_step is not None else ""), _positive(grad_norm), COLORS["grad"], markers[0]))
+    if error_norm is not None and _has_positive(error_norm):
+        series.append(("back-propagated error ‖dL/dh‖" + (f" (step {error_step})" if error_step is not None else ""), _positive(error_norm), COLORS["error"], markers[1]))
+    return series
+
+
 @_styled
 def gradient_flow(
     modules: Sequence[str],
@@ -179,11 +192,7 @@ def gradient_flow(
     Modules run left to right in the order the store lists them (parameter order, input side first),
     so a vanishing gradient reads as a slope down towards the left, an exploding one as a slope up.
     """
-    series = []
-    if grad_norm is not None and _has_positive(grad_norm):
-        series.append(("weight gradient ‖dL/dW‖" + (f" (step {grad_step})" if grad_step is not None else ""), _positive(grad_norm), COLORS["grad"], "o"))
-    if error_norm is not None and _has_positive(error_norm):
-        series.append(("back-propagated error ‖dL/dh‖" + (f" (step {error_step})" if error_step is not None else ""), _positive(error_norm), COLORS["error"], "s"))
+    series = flow_series(grad_norm, error_norm, grad_step, error_step, markers=("o", "s"))
     if not series or not modules:
         return None
     fig, axes = _figure(3.6 if len(modules) <= 6 else 4.4)
