@@ -44,11 +44,12 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
 def scaler_backoff(data: RunData) -> np.ndarray:
     """The non-finite steps a GradScaler makes by design, as a mask (all False when there are none).
 
-    A GradScaler starts from a guess (``init_scale``, 2**16 by default) and halves it on each step
-    whose scaled gradients overflow float16, skipping that step (Micikevicius et al. 2018,
-    "Mixed Precision Training", section 3.2): a scale set too high overflows for its first few
-    steps, then fits; later, each time the scale grows (every ``growth_interval`` steps) it may
-    overflow once more. That is calibration, not a fault.
+    Loss scaling (Micikevicius et al. 2018, "Mixed Precision Training", section 3.2) skips the
+    update of a step whose scaled gradients overflow float16. ``torch.amp.GradScaler`` makes the
+    scale dynamic: it starts from a guess (``init_scale``, 2**16 by default), halves it on each
+    overflow (``backoff_factor``) and doubles it after ``growth_interval`` clean steps. A scale
+    set too high overflows for its first few steps, then fits; later each growth may overflow
+    once more. That is calibration, not a fault.
 
     A non-finite step counts as calibration only when nothing on it points at a real fault: its
     loss is finite (the scale multiplies the backward pass only, so it never makes the loss
