@@ -19,6 +19,7 @@ import torch
 
 import gradguard as gg
 from gradguard._errors import GradGuardWarning
+from gradguard._finding import Finding
 from gradguard._rundata import RunData
 from gradguard._store import SCHEMA_VERSION, RunStore, StoreError, StoreLockedError
 
@@ -344,8 +345,70 @@ def test_a_previous_release_store_is_migrated_when_a_run_resumes_into_it(tmp_pat
 
 def test_a_new_store_records_its_layout(tmp_path):
     with RunStore(tmp_path / "n.sqlite") as store:
-        assert store.meta["schema_version"] == SCHEMA_VERSION == 2
+        assert store.meta["schema_version"] == SCHEMA_VERSION == 3
         assert math.isfinite(store.meta["created"])
+
+
+# Layout 2 (``git show 8a68c84:src/gradguard/_store.py``): layout 1's steps with ``coef`` and
+# ``lr``; findings without ``caused_by`` and ``fix``.
+def _layout_2_store(path, steps=3):
+    _layout_1_store(path, steps)
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE steps ADD COLUMN coef REAL")
+    db.execute("ALTER TABLE steps ADD COLUMN lr REAL")
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.execute("INSERT INTO findings(step, code, severity, message, location, evidence, remedy) VALUES "
+               "(2, 'NONFINITE', 'error', 'old finding', '[\"0\"]', '{\"fraction\": 0.5}', 'old remedy')")
+    db.commit()
+    db.close()
+
+
+LINKED = Finding("EXPLODING_GRADIENT", "error", "grew", ["0"], {"growth": 300.0, "ratio": math.inf}, "lower the lr", 5,
+                 caused_by="LR_TOO_HIGH", fix={"lr": 0.01, "warmup_steps": 20})
+
+
+def test_findings_keep_their_cause_and_fix_through_the_store(tmp_path):
+    with RunStore(tmp_path / "f.sqlite") as store:
+        store.add_findings([LINKED, Finding("LR_TOO_HIGH", "error", "too high", fix={"lr": 0.01})])
+    with RunStore(tmp_path / "f.sqlite") as store:
+        back = store.findings()
+    assert [(f.code, f.caused_by, f.fix) for f in back] == [("EXPLODING_GRADIENT", "LR_TOO_HIGH", {"lr": 0.01, "warmup_steps": 20}),
+                                                            ("LR_TOO_HIGH", None, {"lr": 0.01})]
+    assert back[0].evidence == LINKED.to_dict()["evidence"] and back[0].where == ["0"] and back[0].step == 5
+
+
+def test_a_guards_linked_findings_read_back_from_its_store(tmp_path):
+    model = _model()
+    guard = gg.Guard(model, store=tmp_path / "run.sqlite", log_every=1)
+    opt = torch.optim.SGD(model.parameters(), lr=30.0)  # blows up: LR_TOO_HIGH and the symptoms it causes
+    for _ in range(12):
+        opt.zero_grad()
+        (model(torch.randn(8, 3)).pow(2).mean() * 100).backward()
+        guard.step(opt)
+    found = guard.findings()
+    guard.close()
+    assert any(f.caused_by for f in found)
+    with RunStore(tmp_path / "run.sqlite") as store:
+        assert [(f.code, f.caused_by, f.fix) for f in store.findings()] == [(f.code, f.caused_by, f.fix) for f in found]
+
+
+@pytest.mark.parametrize("layout", [1, 2])
+def test_findings_of_an_older_layout_read_without_cause_and_fix_then_migrate(tmp_path, layout):
+    path = tmp_path / "old.sqlite"
+    (_layout_1_store if layout == 1 else _layout_2_store)(path)
+    before = _digest(path)
+    with RunStore(path) as store:
+        assert store.version == layout
+        old = store.findings()
+    assert _digest(path) == before  # reading migrates nothing
+    assert [(f.code, f.caused_by, f.fix, f.remedy) for f in old] == ([("NONFINITE", None, {}, "old remedy")] if layout == 2 else [])
+    with RunStore(path) as store:
+        store.add_findings([LINKED])  # the first write migrates
+        assert store.version == SCHEMA_VERSION and store.meta["schema_version"] == SCHEMA_VERSION
+        back = store.findings()
+        assert np.isnan(store.steps()["lr"]).all()
+    assert [(f.code, f.caused_by, f.fix) for f in back] == [(f.code, f.caused_by, f.fix) for f in old] + [
+        ("EXPLODING_GRADIENT", "LR_TOO_HIGH", {"lr": 0.01, "warmup_steps": 20})]
 
 
 # ---------------------------------------------------------------------- bad inputs to RunStore's methods

@@ -50,6 +50,7 @@ BASE: dict[str, Any] = {
     "batch": 64,
     "precision": "fp32",  # fp32, fp16 (autocast), bf16 (autocast), fp16_pure (model.half())
     "scaler": False,
+    "scaler_init_scale": 2.0**16,  # GradScaler's default; larger ones overflow for their first steps
     "loss_reduction": "mean",
     "accum": 1,  # micro-batches per optimizer step
     "loss_scale": 1.0,
@@ -152,7 +153,7 @@ def train(cfg: dict[str, Any]) -> Run:
     if precision == "fp16_pure":
         model = model.half()
     opt = _optimizer(cfg, model)
-    scaler = torch.amp.GradScaler("cpu") if cfg["scaler"] else None
+    scaler = torch.amp.GradScaler("cpu", init_scale=cfg["scaler_init_scale"]) if cfg["scaler"] else None
     guard = gg.Guard(model, clip=cfg["clip"], nonfinite=cfg["nonfinite"], scaler=scaler, probes=cfg["probes"], spike_z=6.0)
     torch.manual_seed(cfg["seed"])
     stopped = None

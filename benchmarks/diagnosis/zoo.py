@@ -97,6 +97,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("healthy_lstm", {**SEQ, "cell": "lstm", "lr": 1e-2, "probes": "full"}),
     Scenario("healthy_transformer", {**TRANSFORMER, "optimizer": "adamw", "warmup_steps": 20}),
     Scenario("healthy_clip_occasional", {**MLP3, "optimizer": "sgd", "lr": 0.5, "clip": 1.0}),
+    Scenario("healthy_amp_large_scale", {**MLP3, "precision": "fp16", "scaler": True, "scaler_init_scale": 2.0**24},
+             note="float16 autocast with a GradScaler started at 2**24: it skips its first steps while the scale backs off, then trains"),
 )
 
 BY_NAME = {s.name: s for s in SCENARIOS}

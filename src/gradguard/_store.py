@@ -5,7 +5,7 @@ makes each committed transaction durable against a killed process: after a SIGKI
 opens and holds every chunk committed before it, so at most the unflushed interval is lost.
 Nothing is pickled: numbers are columns, structured values JSON, vectors raw float64 bytes.
 
-Schema (``schema_version`` 2):
+Schema (``schema_version`` 3):
 
     meta(key TEXT PRIMARY KEY, value TEXT)            -- JSON values: run name, versions, config,
                                                           norm_type, module list, ...
@@ -20,7 +20,8 @@ Schema (``schema_version`` 2):
           'timestep_grad_norm' (||dL/dh_t|| over t), little-endian float64
     events(id, step, kind, payload TEXT)               -- JSON payload; kinds: skip, spike,
           nonfinite_location, forensics, ...
-    findings(id, step, code, severity, message, location TEXT, evidence TEXT, remedy TEXT)
+    findings(id, step, code, severity, message, location TEXT, evidence TEXT, remedy TEXT,
+          caused_by TEXT, fix TEXT)                  -- fix: JSON; both NULL in a store made before them
 
 A store opened on an existing file appends: a resumed run keeps writing into the same file, and
 re-written steps replace the old rows.
@@ -39,7 +40,7 @@ file, a directory) is refused with ``StoreError`` naming the path, and is left u
 a path that cannot be created or written. Versions: ``schema_version`` counts layouts. A store of
 an older layout is read as it is and migrated in place (``_MIGRATIONS``) when it is first
 written; one of a newer layout is refused. Layouts: 1 (steps without ``coef`` and ``lr``);
-2 (steps with every ``_rundata.STEP_COLUMNS`` entry).
+2 (steps with every ``_rundata.STEP_COLUMNS`` entry); 3 (findings with ``caused_by`` and ``fix``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ try:
 except ImportError:  # Windows: no advisory lock (see the module docstring)
     fcntl = None
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _TABLES = frozenset({"meta", "modules", "steps", "module_stats", "vectors", "events", "findings", "sqlite_sequence"})
 
@@ -99,7 +100,8 @@ CREATE TABLE IF NOT EXISTS events(
     id INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER, kind TEXT NOT NULL, payload TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS findings(
     id INTEGER PRIMARY KEY AUTOINCREMENT, step INTEGER, code TEXT NOT NULL, severity TEXT NOT NULL,
-    message TEXT NOT NULL, location TEXT NOT NULL, evidence TEXT NOT NULL, remedy TEXT NOT NULL);
+    message TEXT NOT NULL, location TEXT NOT NULL, evidence TEXT NOT NULL, remedy TEXT NOT NULL,
+    caused_by TEXT, fix TEXT);
 """
 
 
@@ -271,12 +273,13 @@ class RunStore:
 
     def add_findings(self, findings: Iterable[Finding]) -> None:
         rows = [
-            (f.step, f.code, f.severity, f.message, _dumps(list(f.where)), _dumps(f.to_dict()["evidence"]), f.remedy)
+            (f.step, f.code, f.severity, f.message, _dumps(list(f.where)), _dumps(f.to_dict()["evidence"]), f.remedy, f.caused_by,
+             _dumps(f.to_dict()["fix"]))
             for f in findings
         ]
         with self._transaction():
             self._db.executemany(
-                "INSERT INTO findings(step, code, severity, message, location, evidence, remedy) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                "INSERT INTO findings(step, code, severity, message, location, evidence, remedy, caused_by, fix) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
 
     def replace_findings(self, findings: Iterable[Finding]) -> None:
@@ -369,8 +372,11 @@ class RunStore:
         return [{"step": s, "kind": k, **json.loads(p)} for s, k, p in self._reader().execute(query, (kind,) if kind else ())]
 
     def findings(self) -> list[Finding]:
-        rows = self._reader().execute("SELECT step, code, severity, message, location, evidence, remedy FROM findings ORDER BY id")
-        return [Finding(code, sev, msg, json.loads(loc), json.loads(ev), remedy, step) for step, code, sev, msg, loc, ev, remedy in rows]
+        have = {row[1] for row in self._reader().execute("PRAGMA table_info(findings)")}
+        extra = ", ".join(name if name in have else "NULL" for name in _FINDING_COLUMNS)  # layouts 1 and 2 lack them
+        rows = self._reader().execute(f"SELECT step, code, severity, message, location, evidence, remedy, {extra} FROM findings ORDER BY id")
+        return [Finding(code, sev, msg, json.loads(loc), json.loads(ev), remedy, step, caused_by, json.loads(fix) if fix else {})
+                for step, code, sev, msg, loc, ev, remedy, caused_by, fix in rows]
 
 
 def _add_step_columns(db: sqlite3.Connection) -> None:
@@ -381,9 +387,21 @@ def _add_step_columns(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE steps ADD COLUMN {col.name} {'INTEGER' if col.kind == 'bool' else 'REAL'}")
 
 
+# The findings columns added in layout 3 (TEXT; ``fix`` holds JSON).
+_FINDING_COLUMNS = ("caused_by", "fix")
+
+
+def _add_finding_columns(db: sqlite3.Connection) -> None:
+    """Give the findings table the columns it lacks (NULL in older rows: no cause, no fix)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(findings)")}
+    for name in _FINDING_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE findings ADD COLUMN {name} TEXT")
+
+
 # _MIGRATIONS[v] takes a store from layout v to v + 1, inside the claiming transaction.
-# 1 -> 2: the steps table gains ``coef`` and ``lr``.
-_MIGRATIONS = {1: _add_step_columns}
+# 1 -> 2: the steps table gains ``coef`` and ``lr``. 2 -> 3: the findings table gains ``caused_by`` and ``fix``.
+_MIGRATIONS = {1: _add_step_columns, 2: _add_finding_columns}
 
 
 def _check_path(path: Any) -> Path:

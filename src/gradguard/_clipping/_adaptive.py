@@ -20,7 +20,7 @@ from torch import Tensor
 from gradguard._clipping._base import ClipStats, Clipper, check_state_keys, make_stats, scale_
 from gradguard._clipping._fixed import TORCH_CLIP_EPS
 from gradguard._clipping._quantile import LogHistogramQuantile, SortedPrefix
-from gradguard._errors import check_choice, check_fraction, check_int, check_positive
+from gradguard._clipping._args import autoclip_args, zclip_args
 from gradguard._grads import GradBatch
 from gradguard._norms import GradNorms
 
@@ -109,14 +109,9 @@ class AutoClip(Clipper):
         high: float = 1e12,
         bins_per_decade: int = 200,
     ):
-        from gradguard._errors import check_norm_type
-
-        self.percentile = check_fraction("percentile", percentile, low=0.0, high=100.0, closed=True)
-        self.norm_type = check_norm_type(norm_type)
-        self.decay = None if decay is None else check_fraction("decay", decay)
-        self.exact_samples = 0 if self.decay is not None else check_int("exact_samples", exact_samples, minimum=0)
-        check_int("bins_per_decade", bins_per_decade, minimum=1)
-        self._history = LogHistogramQuantile(check_positive("low", low), check_positive("high", high), bins_per_decade, self.decay)
+        args = autoclip_args(percentile, norm_type, decay, exact_samples, low, high, bins_per_decade)
+        self.percentile, self.norm_type, self.decay, self.exact_samples = (args[k] for k in ("percentile", "norm_type", "decay", "exact_samples"))
+        self._history = LogHistogramQuantile(args["low"], args["high"], args["bins_per_decade"], self.decay)
         self._exact = SortedPrefix(max(self.exact_samples, 1))
         self._seen: float | None = None  # host path: norms counted so far (None: recount from the histogram)
 
@@ -235,15 +230,9 @@ class ZClip(Clipper):
         clip_factor: float = 1.0,
         skip_update_on_spike: bool = False,
     ):
-        self.alpha = check_fraction("alpha", alpha)
-        self.z_thresh = check_positive("z_thresh", z_thresh)
-        self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=1)
-        self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
-        self.eps = check_positive("eps", eps)
-        self.mode = check_choice("mode", mode, ("zscore", "percentile"))
-        self.clip_option = check_choice("clip_option", clip_option, ("adaptive_scaling", "mean"))
-        self.clip_factor = check_positive("clip_factor", clip_factor)
-        self.skip_update_on_spike = bool(skip_update_on_spike)
+        args = zclip_args(alpha, z_thresh, warmup_steps, max_grad_norm, eps, mode, clip_option, clip_factor, skip_update_on_spike)
+        for name, value in args.items():
+            setattr(self, name, value)
         self._state: dict[str, Tensor] | None = None  # device path
         self._host: dict[str, Any] | None = None  # host path: count, buffer (list), mean, var as Python numbers
 

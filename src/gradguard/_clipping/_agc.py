@@ -8,11 +8,10 @@ from collections.abc import Sequence
 import torch
 
 from gradguard._clipping._base import ClipStats, Clipper, make_stats, mul_wide_
-from gradguard._errors import check_positive
+from gradguard._clipping._args import HEAD, agc_args
 from gradguard._grads import GradBatch, Shard
 from gradguard._norms import GradNorms, module_of, unitwise_norm
 
-HEAD = "head"  # special exclude token: the final classifier layer
 # Floor on a unit's gradient norm in the division, as in the reference implementation.
 GRAD_NORM_FLOOR = 1e-6
 
@@ -61,16 +60,7 @@ class AGC(Clipper):
     norm_type = 2.0  # unit norms are Frobenius norms
 
     def __init__(self, clipping: float = 0.01, eps: float = 1e-3, exclude: str | Sequence[str] = (HEAD,)):
-        self.clipping = check_positive("clipping", clipping)
-        self.eps = check_positive("eps", eps, allow_zero=True)
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        if exclude is None or not hasattr(exclude, "__iter__") or not all(isinstance(pattern, str) for pattern in exclude):
-            raise TypeError(
-                f"exclude must be a sequence of glob patterns on parameter names, or 'head' for the final layer, "
-                f"got {exclude!r}. Use exclude=() to clip every parameter."
-            )
-        self.exclude = tuple(exclude)
+        self.clipping, self.eps, self.exclude = agc_args(clipping, eps, exclude)
 
     def excluded(self, names: Sequence[str], params: Sequence[torch.Tensor]) -> set[str]:
         out = head_names(names, params) if HEAD in self.exclude else set()

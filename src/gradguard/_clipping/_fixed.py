@@ -7,7 +7,7 @@ import math
 import torch
 
 from gradguard._clipping._base import ClipStats, Clipper, make_stats, scale_, scale_each_
-from gradguard._errors import check_norm_type, check_positive
+from gradguard._clipping._args import norm_args, value_args
 from gradguard._grads import GradBatch, stat_dtype
 from gradguard._norms import GradNorms, foreach_norm, total_of
 
@@ -30,8 +30,7 @@ class ClipNorm(Clipper):
     name = "norm"
 
     def __init__(self, max_norm: float, norm_type: float | str = 2.0):
-        self.max_norm = check_positive("max_norm", max_norm)
-        self.norm_type = check_norm_type(norm_type)
+        self.max_norm, self.norm_type = norm_args(max_norm, norm_type)
 
     def apply(self, batch: GradBatch, norms: GradNorms) -> ClipStats:
         total = norms.total
@@ -58,8 +57,7 @@ class ClipTensorNorm(Clipper):
     name = "tensor_norm"
 
     def __init__(self, max_norm: float, norm_type: float | str = 2.0):
-        self.max_norm = check_positive("max_norm", max_norm)
-        self.norm_type = check_norm_type(norm_type)
+        self.max_norm, self.norm_type = norm_args(max_norm, norm_type)
 
     def apply(self, batch: GradBatch, norms: GradNorms) -> ClipStats:
         # max_norm / 0 = inf clamps to 1: a zero gradient is left alone.
@@ -82,7 +80,7 @@ class ClipValue(Clipper):
     name = "value"
 
     def __init__(self, clip_value: float):
-        self.clip_value = check_positive("clip_value", clip_value)
+        self.clip_value = value_args(clip_value)
 
     def apply(self, batch: GradBatch, norms: GradNorms) -> ClipStats:
         device = batch.device

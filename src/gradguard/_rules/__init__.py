@@ -5,8 +5,9 @@ and returns a Finding that carries the numbers, the thresholds, a concrete remed
 form (``Finding.fix``). Rules never touch the model or the data they are given.
 
 ``diagnose`` runs them all, then links symptoms to the cause that explains them
-(``Finding.caused_by``; ``CAUSES_OF`` below says which cause can explain which symptom) and puts
-causes first (``causal_order``). Every consumer (``guard.findings()``, ``gg.inspect``, the report,
+(``Finding.caused_by``; ``CAUSES_OF`` below says which cause can explain which symptom), gives each
+linked symptom its root cause's remedy and fix (``point_at_causes``) and puts causes first
+(``causal_order``). Every consumer (``guard.findings()``, ``gg.inspect``, the report,
 the CLI) shows that order.
 """
 
@@ -25,6 +26,7 @@ from gradguard._rules import (
     _recurrent,
     _scale,
 )
+from gradguard._rules._common import lower_first
 from gradguard._rundata import RunData
 
 Rule = Callable[[RunData], "Finding | None"]
@@ -105,7 +107,32 @@ def link_causes(findings: list[Finding]) -> list[Finding]:
             seen.add(cause)
             worst[cause] = max(worst.get(cause, 0), SEVERITIES.index(f.severity))
             cause = next((g.caused_by for g in linked if g.code == cause), None)
-    return [replace(f, severity=SEVERITIES[worst[f.code]]) if worst.get(f.code, -1) > SEVERITIES.index(f.severity) else f for f in linked]
+    lifted = [replace(f, severity=SEVERITIES[worst[f.code]]) if worst.get(f.code, -1) > SEVERITIES.index(f.severity) else f for f in linked]
+    return point_at_causes(lifted)
+
+
+def point_at_causes(findings: list[Finding]) -> list[Finding]:
+    """Give each symptom with a present cause the remedy and fix of its root cause.
+
+    A symptom's own remedy treats what it saw (a clip threshold computed from norms that are
+    exploding because the learning rate is too high, say); once its cause is known, the remedy
+    that helps is the cause's. Chains are followed to the root (NONFINITE -> LR_TOO_HIGH ->
+    LOSS_NOT_AVERAGED: the loss reduction). A root with no remedy leaves the symptom's own.
+    """
+    by_code: dict[str, Finding] = {}
+    for f in findings:
+        by_code.setdefault(f.code, f)
+    out = []
+    for f in findings:
+        root, seen = f, {f.code}
+        while root.caused_by in by_code and root.caused_by not in seen:
+            root = by_code[root.caused_by]
+            seen.add(root.code)
+        if root is not f and (root.remedy or root.fix):
+            f = replace(f, remedy=f"This follows from {root.code}; fix that first: {lower_first(root.remedy)}" if root.remedy else f.remedy,
+                        fix=dict(root.fix))
+        out.append(f)
+    return out
 
 
 def diagnose(data: RunData, rules: dict[str, Rule] | None = None) -> list[Finding]:
@@ -118,4 +145,4 @@ def diagnose(data: RunData, rules: dict[str, Rule] | None = None) -> list[Findin
     return causal_order(link_causes(found))
 
 
-__all__ = ["CAUSES_OF", "RULES", "diagnose", "link_causes"]
+__all__ = ["CAUSES_OF", "RULES", "diagnose", "link_causes", "point_at_causes"]

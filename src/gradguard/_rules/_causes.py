@@ -15,7 +15,10 @@ from gradguard._rules._evidence import (
     fast_blowup,
     init_blames,
     max_update_ratio,
+    nonfinite_locations,
     nonfinite_steps,
+    raw_nonfinite_steps,
+    scaler_in_use,
     smoothed_loss,
 )
 from gradguard._rules._syntax import guard_text, precision_text
@@ -69,7 +72,7 @@ def _fp16(data: RunData) -> str | None:
 
 
 def _location(data: RunData) -> dict | None:
-    located = [e for e in data.events if e.get("kind") == "nonfinite_location"]
+    located = nonfinite_locations(data)
     return located[0] if located else None
 
 
@@ -108,9 +111,9 @@ def fp16_overflow(data: RunData) -> Finding | None:
 
 
 def _scaler_collapsed(data: RunData) -> tuple[float, int] | None:
-    if not _inputs(data).get("scaler") and not data.meta.get("scaler"):
+    if not scaler_in_use(data):
         return None
-    skipped = nonfinite_steps(data)
+    skipped = raw_nonfinite_steps(data)
     if len(skipped) < T.SCALER_MIN_STEPS:
         return None
     fraction = float(skipped.mean())

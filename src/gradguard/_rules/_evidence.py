@@ -17,11 +17,79 @@ from gradguard._rundata import RunData
 ADAM_FAMILY = ("Adam", "AdamW", "NAdam", "RAdam", "Adamax", "Adafactor", "Lion", "AdamWScheduleFree", "FusedAdam")
 
 
-def nonfinite_steps(data: RunData) -> np.ndarray:
+def raw_nonfinite_steps(data: RunData) -> np.ndarray:
     """Steps whose gradient norm was NaN/Inf, skipped or not (``nonfinite="ignore"`` steps anyway)."""
     norms = data.scalars.get("norm_before", np.zeros(len(data)))
     skipped = data.scalars.get("skipped", np.zeros(len(norms))).astype(bool)
     return skipped | ~np.isfinite(norms)
+
+
+def nonfinite_steps(data: RunData) -> np.ndarray:
+    """The non-finite steps that signal a problem: ``raw_nonfinite_steps`` less a GradScaler's
+    normal calibration (``scaler_backoff``)."""
+    return raw_nonfinite_steps(data) & ~scaler_backoff(data)
+
+
+def scaler_in_use(data: RunData) -> bool:
+    return bool((data.meta.get("inputs") or {}).get("scaler") or data.meta.get("scaler"))
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start index, length) of each run of consecutive True values."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return [(int(a), int(b - a)) for a, b in zip(starts, ends)]
+
+
+def scaler_backoff(data: RunData) -> np.ndarray:
+    """The non-finite steps a GradScaler makes by design, as a mask (all False when there are none).
+
+    Loss scaling (Micikevicius et al. 2018, "Mixed Precision Training", section 3.2) skips the
+    update of a step whose scaled gradients overflow float16. ``torch.amp.GradScaler`` makes the
+    scale dynamic: it starts from a guess (``init_scale``, 2**16 by default), halves it on each
+    overflow (``backoff_factor``) and doubles it after ``growth_interval`` clean steps. A scale
+    set too high overflows for its first few steps, then fits; later each growth may overflow
+    once more. That is calibration, not a fault.
+
+    A non-finite step counts as calibration only when nothing on it points at a real fault: its
+    loss is finite (the scale multiplies the backward pass only, so it never makes the loss
+    non-finite), its batch held no NaN/Inf and no module made NaN/Inf in its forward pass. Those
+    steps must then look like a scale finding its level: an opening run of skips at most
+    ``SCALER_CALIBRATION_SKIPS`` long and followed by a clean step, and later skips short (at
+    most ``SCALER_BACKOFF_RUN`` in a row) and rare (at most ``NONFINITE_ERROR_FRACTION`` of the
+    steps). Otherwise no step is exempt (a collapsing scaler, a fault in the backward pass), and
+    the faulty steps are never exempt (NaN from the model or the data).
+    """
+    bad = raw_nonfinite_steps(data)
+    none = np.zeros(len(bad), dtype=bool)
+    if not bad.any() or not scaler_in_use(data):
+        return none
+    loss = data.scalars.get("loss", np.full(len(bad), np.nan))
+    faulty = ~np.isfinite(loss) if np.isfinite(loss).any() else none.copy()  # no loss recorded: nothing to read
+    for e in data.events:
+        if e.get("kind") == "nonfinite_input" or (e.get("kind") == "nonfinite_location" and e.get("direction") == "forward"):
+            faulty |= data.steps == e.get("step")
+    calibrating = bad & ~faulty
+    if not calibrating.any():
+        return none
+    runs = _runs(calibrating)
+    first_start, first_length = runs[0]
+    opening = first_start == 0
+    if opening and (first_length > T.SCALER_CALIBRATION_SKIPS or first_length == len(bad) or bad[first_length]):
+        return none
+    later = runs[1:] if opening else runs
+    if any(length > T.SCALER_BACKOFF_RUN for _, length in later):
+        return none
+    if sum(length for _, length in later) > T.NONFINITE_ERROR_FRACTION * len(bad):
+        return none
+    return calibrating
+
+
+def nonfinite_locations(data: RunData) -> list[dict]:
+    """The non-finite locator's events, but those on a step of ``scaler_backoff`` (a scaled
+    gradient overflowing while the scale calibrates is no fault to locate)."""
+    backoff = set(data.steps[scaler_backoff(data)].tolist())
+    return [e for e in data.events if e.get("kind") == "nonfinite_location" and e.get("step") not in backoff]
 
 
 def lr_series(data: RunData) -> np.ndarray | None:
@@ -59,10 +127,11 @@ class Blowup:
 def fast_blowup(data: RunData) -> Blowup | None:
     """A norm that grows at least 10x per step over two steps, or a 10x step right before the first
     non-finite one (issue: diagnosed on the spot, not after 40 finite steps)."""
-    norms = data.scalars.get("norm_before", np.zeros(0))
+    keep = ~scaler_backoff(data)  # a skipped calibration step is no growth: read the steps around it
+    steps, norms = data.steps[keep], data.scalars.get("norm_before", np.zeros(len(data)))[keep]
     if len(norms) < 2:
         return None
-    bad = nonfinite_steps(data)
+    bad = raw_nonfinite_steps(data)[keep]
     run: list[float] = []  # growth factors of the current run of 10x steps
     for i in range(1, len(norms)):
         prev, cur = norms[i - 1], norms[i]
@@ -70,23 +139,22 @@ def fast_blowup(data: RunData) -> Blowup | None:
             return None  # the first non-finite step came without a blow-up before it
         if bad[i]:
             if run:
-                return _blowup(data, i - len(run) - 1, i, run, int(data.steps[i]))
+                return _blowup(steps, norms, i - len(run) - 1, i, run, int(steps[i]))
             return None
         factor = cur / prev if prev > 0 else math.inf
         if factor >= T.BLOWUP_GROWTH:
             run.append(float(factor))
             if len(run) >= T.BLOWUP_STEPS:
-                first_bad = int(data.steps[np.argmax(bad)]) if bad.any() else None
-                return _blowup(data, i - len(run), i, run, first_bad)
+                first_bad = int(steps[np.argmax(bad)]) if bad.any() else None
+                return _blowup(steps, norms, i - len(run), i, run, first_bad)
         else:
             run = []
     return None
 
 
-def _blowup(data: RunData, start: int, at: int, run: list[float], first_bad: int | None) -> Blowup:
-    norms = data.scalars["norm_before"]
+def _blowup(steps: np.ndarray, norms: np.ndarray, start: int, at: int, run: list[float], first_bad: int | None) -> Blowup:
     growth = float(np.exp(np.mean(np.log(run))))
-    return Blowup(int(data.steps[start]), int(data.steps[at]), growth, float(run[0]), [float(v) for v in norms[start : at + 1]], first_bad)
+    return Blowup(int(steps[start]), int(steps[at]), growth, float(run[0]), [float(v) for v in norms[start : at + 1]], first_bad)
 
 
 def first_update_ratio(data: RunData) -> tuple[int, float] | None:

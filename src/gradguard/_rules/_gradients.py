@@ -16,7 +16,7 @@ from gradguard._rules._common import (
     module_types,
     sig,
 )
-from gradguard._rules._evidence import lr_series, nonfinite_steps
+from gradguard._rules._evidence import lr_series, nonfinite_locations, nonfinite_steps
 from gradguard._rundata import RunData
 
 
@@ -261,8 +261,8 @@ def _lower_lr(data: RunData, factor: float) -> dict:
 
 def nonfinite(data: RunData) -> Finding | None:
     """NaN/Inf gradients: how many steps, whether one-off or persistent, and where it starts."""
-    bad = nonfinite_steps(data)
-    located = [e for e in data.events if e.get("kind") == "nonfinite_location"]
+    bad = nonfinite_steps(data)  # a GradScaler's calibration skips are not counted (``scaler_backoff``)
+    located = nonfinite_locations(data)
     if not bad.any() and not located:
         return None
     count, total = int(bad.sum()), max(1, len(bad))

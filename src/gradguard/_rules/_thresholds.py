@@ -110,6 +110,11 @@ FP16_MAX = 65504.0
 # A GradScaler that skipped this share of at least SCALER_MIN_STEPS steps is not recovering.
 SCALER_SKIP_FRACTION = 0.9
 SCALER_MIN_STEPS = 8
+# A GradScaler's calibration: an init_scale 2**k too large overflows for about k steps (each halves
+# the scale) and float16 spans 2**40 (2**-24 to 2**16), so an opening run of up to 24 skips is a
+# scale guessed high; after it, the scale's growth overflows at most once or twice in a row.
+SCALER_CALIBRATION_SKIPS = 24
+SCALER_BACKOFF_RUN = 2
 # A loss summed over the batch: the first loss divided by the batch size is a plausible
 # per-example loss (at most this), while the loss itself is this many times larger than one.
 SUMMED_LOSS_MIN = 20.0

@@ -23,7 +23,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from gradguard._errors import check_choice, check_fraction, check_int, check_norm_type, check_positive
+from gradguard._clipping._args import agc_args, autoclip_args, norm_args, value_args, zclip_args
 from gradguard.keras._measure import Measured
 
 TORCH_CLIP_EPS = 1e-6  # clip_grad_norm_'s (and ClipNorm's) eps in max_norm / (norm + eps)
@@ -31,8 +31,8 @@ GRAD_NORM_FLOOR = 1e-6  # AGC's floor on a unit's gradient norm, as in gradguard
 EXACT_SAMPLES = 10_000  # AutoClip's percentile is exact over this many first norms, as in gradguard.AutoClip
 
 
-def _check_l2(owner: str, norm_type) -> float:
-    p = check_norm_type(norm_type)
+def _check_l2(owner: str, p: float, norm_type) -> float:
+    """``p``, the checked ``norm_type``, when it is 2 (Keras measures L2 norms only)."""
     if p != 2.0:
         raise ValueError(f"gradguard.keras measures L2 norms only; got {owner}(norm_type={norm_type!r}). Use norm_type=2.0.")
     return p
@@ -67,8 +67,8 @@ class ClipNorm(KerasClipper):
     name = "norm"
 
     def __init__(self, max_norm: float, norm_type: float | str = 2.0):
-        self.max_norm = check_positive("max_norm", max_norm)
-        self.norm_type = _check_l2("ClipNorm", norm_type)
+        self.max_norm, p = norm_args(max_norm, norm_type)
+        self.norm_type = _check_l2("ClipNorm", p, norm_type)
 
     def apply(self, grads, variables, m):
         coef = ops.minimum(self.max_norm / (m.total + TORCH_CLIP_EPS), 1.0)
@@ -81,8 +81,8 @@ class ClipTensorNorm(KerasClipper):
     name = "tensor_norm"
 
     def __init__(self, max_norm: float, norm_type: float | str = 2.0):
-        self.max_norm = check_positive("max_norm", max_norm)
-        self.norm_type = _check_l2("ClipTensorNorm", norm_type)
+        self.max_norm, p = norm_args(max_norm, norm_type)
+        self.norm_type = _check_l2("ClipTensorNorm", p, norm_type)
 
     def apply(self, grads, variables, m):
         c = self.max_norm
@@ -102,7 +102,7 @@ class ClipValue(KerasClipper):
     name = "value"
 
     def __init__(self, clip_value: float):
-        self.clip_value = check_positive("clip_value", clip_value)
+        self.clip_value = value_args(clip_value)
 
     def apply(self, grads, variables, m):
         c = self.clip_value
@@ -142,13 +142,7 @@ class AGC(KerasClipper):
     name = "agc"
 
     def __init__(self, clipping: float = 0.01, eps: float = 1e-3, exclude: str | tuple[str, ...] = ("head",)):
-        if isinstance(exclude, str):
-            exclude = (exclude,)
-        if exclude is None or not hasattr(exclude, "__iter__") or not all(isinstance(p, str) for p in exclude):
-            raise TypeError(f"exclude must be a sequence of glob patterns on variable paths, or 'head' for the final layer, got {exclude!r}. Use exclude=() to clip every variable.")
-        self.clipping = check_positive("clipping", clipping)
-        self.eps = check_positive("eps", eps, allow_zero=True)
-        self.exclude = tuple(exclude)
+        self.clipping, self.eps, self.exclude = agc_args(clipping, eps, exclude)
 
     def build(self, optimizer, variables) -> None:
         super().build(optimizer, variables)
@@ -209,17 +203,13 @@ class AutoClip(KerasClipper):
         high: float = 1e12,
         bins_per_decade: int = 200,
     ):
-        self.percentile = check_fraction("percentile", percentile, low=0.0, high=100.0, closed=True)
-        self.norm_type = _check_l2("AutoClip", norm_type)
-        self.decay = None if decay is None else check_fraction("decay", decay)
-        self.exact_samples = 0 if self.decay is not None else check_int("exact_samples", exact_samples, minimum=0)
-        low, high = check_positive("low", low), check_positive("high", high)
-        if not low < high:
-            raise ValueError(f"AutoClip needs low < high, got low={low!r}, high={high!r}.")
-        self.bins_per_decade = check_int("bins_per_decade", bins_per_decade, minimum=1)
+        args = autoclip_args(percentile, norm_type, decay, exact_samples, low, high, bins_per_decade)
+        self.percentile, self.decay, self.exact_samples = args["percentile"], args["decay"], args["exact_samples"]
+        self.norm_type = _check_l2("AutoClip", args["norm_type"], norm_type)
+        self.bins_per_decade = args["bins_per_decade"]
         # The layout formula of gradguard._clipping._quantile.LogHistogramQuantile: both bin a norm alike.
-        self.log_low = math.log10(low)
-        self.n_bins = int(round((math.log10(high) - self.log_low) * self.bins_per_decade))
+        self.log_low = math.log10(args["low"])
+        self.n_bins = int(round((math.log10(args["high"]) - self.log_low) * self.bins_per_decade))
         self.q = self.percentile / 100.0
 
     def build(self, optimizer, variables) -> None:
@@ -307,15 +297,9 @@ class ZClip(KerasClipper):
         clip_factor: float = 1.0,
         skip_update_on_spike: bool = False,
     ):
-        self.alpha = check_fraction("alpha", alpha)
-        self.z_thresh = check_positive("z_thresh", z_thresh)
-        self.warmup_steps = check_int("warmup_steps", warmup_steps, minimum=1)
-        self.max_grad_norm = None if max_grad_norm is None else check_positive("max_grad_norm", max_grad_norm)
-        self.eps = check_positive("eps", eps)
-        self.mode = check_choice("mode", mode, ("zscore", "percentile"))
-        self.clip_option = check_choice("clip_option", clip_option, ("adaptive_scaling", "mean"))
-        self.clip_factor = check_positive("clip_factor", clip_factor)
-        self.skip_update_on_spike = bool(skip_update_on_spike)
+        args = zclip_args(alpha, z_thresh, warmup_steps, max_grad_norm, eps, mode, clip_option, clip_factor, skip_update_on_spike)
+        for name, value in args.items():
+            setattr(self, name, value)
 
     def build(self, optimizer, variables) -> None:
         super().build(optimizer, variables)
