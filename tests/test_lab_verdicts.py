@@ -18,11 +18,11 @@ def judge(name, jobs, preset="quick", **overrides):
 
 
 # ---------------------------------------------------------------- long-range
-def long_range(rnn=0.162, lstm=0.004, gru=0.005, problem="adding:100", copy_lstm=None):
+def long_range(rnn=0.162, lstm=0.004, gru=0.005, problem="adding:100", copy_lstm=None, **overrides):
     task, length = problem.split(":")
     base = 1 / 6 if task == "adding" else 10 * math.log(8) / (int(length) + 20)
     jobs = {f"{task}:T{length}:rnn-clip": {"test_error": rnn, "baseline_error": base}, f"{task}:T{length}:lstm": {"test_error": lstm if copy_lstm is None else copy_lstm, "baseline_error": base}, f"{task}:T{length}:gru": {"test_error": gru, "baseline_error": base}}
-    return judge("long-range", jobs, problems=(problem,))
+    return judge("long-range", jobs, problems=(problem,), copy_models=("rnn-clip", "lstm", "gru"), **overrides)
 
 
 def test_long_range_passes_gated_cells_below_the_bar_and_a_stuck_rnn():
@@ -51,6 +51,18 @@ def test_long_range_copy_lstm_at_the_memoryless_baseline_is_not_a_pass():
     baseline = 10 * math.log(8) / 120
     assert long_range(problem="copy:100", copy_lstm=0.9 * baseline).status == STATUS_PASS
     assert long_range(problem="copy:100", copy_lstm=baseline).status != STATUS_PASS
+
+
+def test_long_range_copy_failure_is_plain_at_the_measured_budget_and_scale_limited_below_it():
+    baseline = 10 * math.log(8) / 120
+    assert long_range(problem="copy:100", copy_lstm=baseline, copy_steps=4000).status == STATUS_FAIL  # the budget it was shown at
+    assert long_range(problem="copy:100", copy_lstm=baseline, copy_steps=1000).status == STATUS_SCALE  # below the plateau's end
+
+
+def test_long_range_judges_copy_only_at_t100_where_the_paper_claims_it():
+    baseline = 10 * math.log(8) / 220
+    v = long_range(problem="copy:200", copy_lstm=baseline)  # the uRNN's LSTM stays at the baseline beyond T = 100
+    assert "copy:T200:lstm" in v.measured["reported_only"] and not v.measured["checks"]
 
 
 # ---------------------------------------------------------------- image
