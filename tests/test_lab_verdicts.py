@@ -104,19 +104,34 @@ def test_clipping_fails_when_clipping_does_not_learn_or_a_clipper_diverges():
 
 
 # ---------------------------------------------------------------- clip-threshold
-def clip_threshold(low_mse=0.9):
+def clip_threshold(low_mse=0.9, low_curve_decay=0.1, mean_norm=0.6):
+    """Thresholds <= 0.03 (a decade below 0.5 x the mean norm 0.6) end at ``low_mse`` and their training
+    loss decays at ``low_curve_decay`` per step; the rest end at 0.3 and decay at 0.1 per step."""
     cfg = registry.get("clip-threshold").presets["quick"]
-    jobs = {f"max_norm={t:g}": {"test_mse": (low_mse if t <= 0.03 else 0.3), "persistence_mse": 0.88} for t in cfg.thresholds}
+    steps = [10.0 * i + 5 for i in range(50)]
+
+    def job(mse, decay=0.1):
+        return {"test_mse": mse, "persistence_mse": 0.88, "loss_curve": [1.0 * math.exp(-decay * x) + 0.2 for x in steps], "loss_curve_step": steps}
+
+    jobs = {f"max_norm={t:g}": job(low_mse, low_curve_decay) if t <= 0.03 else job(0.3) for t in cfg.thresholds}
     jobs["none"] = {"test_mse": math.inf, "persistence_mse": 0.88}
-    jobs["recommended"] = {"test_mse": 0.3, "persistence_mse": 0.88, "threshold": 1.0, "probe_mean_norm": 0.6}
+    jobs["recommended"] = {"test_mse": 0.3, "persistence_mse": 0.88, "threshold": 1.0, "probe_mean_norm": mean_norm}
     return judge("clip-threshold", jobs)
 
 
-def test_clip_threshold_reports_whether_the_lower_edge_shows():
-    shown = clip_threshold(low_mse=0.9)
-    assert shown.measured["lower_edge_worse"] and "are worse than the best in range" in shown.summary
-    hidden = clip_threshold(low_mse=0.3)  # tiny thresholds as good as the range: said, not hidden
-    assert not hidden.measured["lower_edge_worse"] and "NOT all worse" in hidden.summary
+def test_clip_threshold_says_plainly_whether_the_lower_edge_shows():
+    worse = clip_threshold(low_mse=0.9)  # tiny thresholds end 3x worse at equal steps
+    assert worse.measured["lower_edge_shown"] and "lower edge SHOWN" in worse.summary and "(worse)" in worse.summary
+    slower = clip_threshold(low_mse=0.3, low_curve_decay=0.01)  # as good at the end, 10x slower to get there
+    assert slower.measured["lower_edge_shown"] and "(slower)" in slower.summary
+    hidden = clip_threshold(low_mse=0.31)  # tiny thresholds as good and as fast as the range: said, not hidden
+    assert hidden.measured["lower_edge_shown"] is False and "lower edge NOT SHOWN" in hidden.summary and "neither worse nor slower" in hidden.summary
+    assert "lower edge not shown" in hidden.headline  # in the terminal table too
+
+
+def test_clip_threshold_lower_edge_needs_a_threshold_far_below_the_range():
+    untested = clip_threshold(mean_norm=0.05)  # 0.5 m = 0.025: no swept threshold is at or below 0.0025
+    assert untested.measured["lower_edge_shown"] is None and "lower edge NOT TESTED" in untested.summary
 
 
 # ---------------------------------------------------------------- deep-flow
