@@ -9,17 +9,26 @@ recurrence of ``gg.rnn.SimpleRNN``, several times faster.
 
 Judged: on the adding problem at every length run, LSTM and GRU reach test MSE < 0.01 (the
 conventional "solved" bar), and the clipped tanh RNN ends within 0.7-1.5x the baseline MSE 1/6
-(stuck at the baseline, not diverged); on copy, the LSTM ends below the memoryless baseline.
-Reported only (not judged): temporal order, the IRNN, the unclipped and Omega RNNs.
+(stuck at the baseline, not diverged); on copy at T = 100, the LSTM ends below 0.95x the
+memoryless baseline 10 ln 8 / (T + 20) (the uRNN's LSTM beats it there only). Reported only (not
+judged): temporal order, copy beyond T = 100, the IRNN, the unclipped and Omega RNNs.
 
 Scale. The uRNN paper trains 20,000 RMSProp iterations. With Adam at 3e-3, batch 64, hidden 64
 and clipping at 1, an LSTM gets below 0.01 MSE at T = 100 by about step 1,500 and at T = 200 by
 about step 2,700 (our measurement, one CPU core), so at up to ``shown_steps`` = 3,000 steps a
-failure on the adding problem at T <= 200 is a plain "fail". Only a problem the presets have not
-been shown to solve at this budget (T > 200, copy) can read "not reproduced at quick scale".
+failure on the adding problem at T <= 200 is a plain "fail". On copy at T = 100 the same LSTM
+sits on the memoryless plateau (1.00x the baseline) until about step 2,700, then leaves it: 0.95x
+at step 3,000, 0.91x at 4,000 (our measurement, seed 0), so copy gets its own budget
+``copy_steps`` = 4,000 and a copy failure at that budget is a plain "fail" too. Only a problem
+the presets have not been shown to solve at their budget (adding beyond T = 200, a smaller copy
+budget) can read "not reproduced at quick scale".
 
-Presets: quick, adding at T = 100 (about a minute of CPU); standard, adding at T = 100 and 200
-and copy at T = 100 (about ten CPU minutes); full, every task at T up to 400 with the uRNN setup.
+Presets and cost, in CPU seconds per job as the job records give them, measured with one
+thread on a shared, loaded machine (an idle core is faster; the T = 200 LSTM alone took 137 s
+there): quick, adding at T = 100 (RNN 78 s, LSTM 52 s, GRU 50 s: about 3 CPU minutes); standard,
+adding at T = 100 and 200 and copy at T = 100 with the LSTM only (T = 200: RNN 141 s, LSTM 245 s,
+GRU 130 s; copy LSTM 155 s: 851 s, about 14 CPU minutes in all); the IRNN and the other cells
+on copy run in full only, which runs every task at T up to 400 with the uRNN setup.
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ ANCHOR = (
 ADDING_BAR = 0.01  # "solved" on the modern adding problem: test MSE below this (the conventional bar)
 RNN_BAND = (0.7, 1.5)  # the clipped tanh RNN's test MSE over the baseline: stuck there, not diverged
 COPY_MARGIN = 0.95  # the LSTM's copy cross-entropy must be below this times the memoryless baseline
+COPY_SHOWN_STEPS = 4000  # copy at T = 100: the LSTM was below COPY_MARGIN x the baseline by this step (see above)
 
 # cell name -> (SeqModel cell, clip, Omega)
 MODELS = {
@@ -65,8 +75,10 @@ MODELS = {
 class Config:
     problems: tuple = ("adding:100",)  # task:length
     models: tuple = ("rnn-clip", "lstm", "gru")
+    copy_models: tuple = ("lstm",)  # the cells run on copy (only the LSTM is judged there)
     hidden: int = 64
     steps: int = 3000  # at most; a job stops once solved
+    copy_steps: int = 4000  # the copy task's budget: the LSTM leaves the memoryless plateau after about 2,700 steps
     batch: int = 64
     optimizer: str = "adam"
     lr: float = 3e-3  # the tanh RNN does not diverge at this rate with clipping at 1; the uRNN paper: RMSProp 1e-3
@@ -80,12 +92,14 @@ class Config:
 
 
 QUICK = Config()
-STANDARD = Config(problems=("adding:100", "adding:200", "copy:100"), models=("rnn-clip", "irnn-clip", "lstm", "gru"))
+STANDARD = Config(problems=("adding:100", "adding:200", "copy:100"))
 FULL = Config(
     problems=tuple(f"{t}:{n}" for t in ("adding", "copy", "temporal-order") for n in (100, 200, 400)),
     models=tuple(MODELS),
+    copy_models=tuple(MODELS),
     hidden=128,
     steps=20_000,
+    copy_steps=20_000,
     batch=20,
     optimizer="rmsprop",
     lr=1e-3,
@@ -98,7 +112,7 @@ def variants(cfg: Config) -> list[str]:
     out = []
     for problem in cfg.problems:
         task, length = problem.split(":")
-        out += [f"{task}:T{length}:{model}" for model in cfg.models]
+        out += [f"{task}:T{length}:{model}" for model in (cfg.copy_models if task == "copy" else cfg.models)]
     return out
 
 
@@ -117,15 +131,16 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
     cell, clipped, use_omega = MODELS[model_name]
     task = make_task(task_name, length=int(length[1:]))
     target = bar(task_name, task.baseline().error)
+    steps = cfg.copy_steps if task_name == "copy" else cfg.steps
     x_eval, y_eval = task.batch(cfg.eval_size, torch.Generator().manual_seed(2_000_000 + seed))
     torch.manual_seed(seed)
     model = SeqModel(cell, task.input_size, task.output_size, cfg.hidden, readout="all" if task.per_step else "last").to(ctx.device)
     opt = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr)
-    guard = gg.Guard(model, clip=cfg.clip if clipped else None, nonfinite="skip", max_consecutive_skips=cfg.steps, log_every=50, store=ctx.store_path(variant), name=f"long-range {variant}")
+    guard = gg.Guard(model, clip=cfg.clip if clipped else None, nonfinite="skip", max_consecutive_skips=steps, log_every=50, store=ctx.store_path(variant), name=f"long-range {variant}")
     omega = gg.rnn.NormPreservingPenalty(model.rnn, weight=cfg.omega) if use_omega else None
     gen = torch.Generator().manual_seed(seed)
     solved_at, curve = None, []
-    for step in range(1, cfg.steps + 1):
+    for step in range(1, steps + 1):
         x, y = task.batch(cfg.batch, gen)
         loss = task.loss(model(x.to(ctx.device)), y.to(ctx.device))
         loss.backward()
@@ -161,7 +176,10 @@ def judge(cfg: Config, jobs: list[dict]) -> Verdict:
     checks: list[tuple[str, bool, bool]] = []  # (what, held, shown to hold at this budget)
     for problem in cfg.problems:
         task, length = problem.split(":")
-        shown = task == "adding" and int(length) <= 200 and cfg.steps >= cfg.shown_steps
+        if task == "adding":
+            shown = int(length) <= 200 and cfg.steps >= cfg.shown_steps
+        else:  # copy: the LSTM beats the memoryless baseline at T = 100 only (uRNN 2016), here by COPY_SHOWN_STEPS
+            shown = task == "copy" and int(length) == 100 and cfg.copy_steps >= COPY_SHOWN_STEPS
         for cell in ("lstm", "gru"):
             v = f"{task}:T{length}:{cell}"
             if task == "adding" and v in error:
@@ -172,8 +190,8 @@ def judge(cfg: Config, jobs: list[dict]) -> Verdict:
             inside = RNN_BAND[0] <= ratio <= RNN_BAND[1] if math.isfinite(ratio) else False
             checks.append((f"{v} MSE {error[v]:.3g} = {ratio:.2f}x the baseline, in {RNN_BAND[0]}-{RNN_BAND[1]}x", inside, shown))
         v = f"{task}:T{length}:lstm"
-        if task == "copy" and v in error:
-            checks.append((f"{v} cross-entropy {error[v]:.3g} < {COPY_MARGIN} x baseline {baseline[v]:.3g}", error[v] < COPY_MARGIN * baseline[v], False))
+        if task == "copy" and int(length) == 100 and v in error:  # longer copies: the paper's LSTM stays at the baseline
+            checks.append((f"{v} cross-entropy {error[v]:.3g} < {COPY_MARGIN} x baseline {baseline[v]:.3g}", error[v] < COPY_MARGIN * baseline[v], shown))
     judged = {c[0].split(" ")[0] for c in checks}
     reported = {v: error[v] for v in error if v not in judged}
     passed = bool(checks) and all(held for _, held, _ in checks)
@@ -184,8 +202,8 @@ def judge(cfg: Config, jobs: list[dict]) -> Verdict:
     return Verdict(
         passed,
         f"adding, every length run: LSTM and GRU median test MSE < {ADDING_BAR}; the clipped tanh RNN within {RNN_BAND[0]}-{RNN_BAND[1]}x "
-        f"the baseline 1/6 (stuck, not diverged). copy: LSTM cross-entropy < {COPY_MARGIN} x the memoryless baseline. "
-        "Temporal order, IRNN, unclipped and Omega RNNs: reported only",
+        f"the baseline 1/6 (stuck, not diverged). copy at T = 100: LSTM cross-entropy < {COPY_MARGIN} x the memoryless baseline. "
+        "Temporal order, copy beyond T = 100, IRNN, unclipped and Omega RNNs: reported only",
         summary,
         {"median_test_error": error, "baseline_error": baseline, "checks": {what: held for what, held, _ in checks}, "reported_only": reported},
         scale_limited=bool(failed) and not any(shown for _, _, shown in failed),
