@@ -60,7 +60,8 @@ class Guard:
             more than ``max_consecutive_skips`` in a row raise ``NonFiniteGradientError`` naming
             the parameters. "raise": raise on the first one, before clipping, with the gradients
             left as they were. "ignore": step anyway.
-        max_consecutive_skips: how many non-finite steps in a row are skipped before raising.
+        max_consecutive_skips: how many non-finite steps in a row are skipped before raising. With
+            a ``scaler``, overflows while its scale is above 1 are calibration and do not count.
         scaler: a ``torch.amp.GradScaler``. Guard unscales (unless you already did), then calls
             ``scaler.step`` and ``scaler.update`` itself.
         norm_type: norm for monitoring when there is no clipper (a clipper's own norm wins).

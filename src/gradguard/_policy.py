@@ -10,7 +10,11 @@ statistics stay bitwise as they were. Two ways to get there:
   host, at the latest every ``min(log_every, max_consecutive_skips)`` steps.
 
 With a ``GradScaler`` Guard's verdict is folded into the scaler's ``found_inf``, so the scaler
-skips and lowers its scale on the same steps.
+skips and lowers its scale on the same steps. A skip while the scale is still above 1 does not
+count toward ``max_consecutive_skips``: the scaler is calibrating (a scale started at 2**32 needs
+about 16 overflowing steps to fall to a usable 2**16), and a healthy run must not be stopped for
+it. Once the scale is at 1 or below, an overflow is no longer a scale that is too high, and skips
+count as without a scaler; so a real fault still stops the run, ``log2(scale)`` steps later.
 """
 
 from __future__ import annotations
@@ -74,8 +78,9 @@ class NonfinitePolicy:
             return bad, False
         names = norms.nonfinite
         self.last_names = names
-        self.consecutive += 1
         self.skips += 1
+        if self.scaler is None or self.scaler.get_scale() <= 1.0:  # the scale before this step backs it off
+            self.consecutive += 1
         if self.consecutive > self.max_consecutive_skips:
             raise NonFiniteGradientError(message(step, names, self.max_consecutive_skips, self.consecutive), names)
         if optimizer is None:
@@ -123,7 +128,11 @@ class NonfinitePolicy:
             zero = torch.zeros((), dtype=torch.long, device=bad.device)
             c = self._device = {"consecutive": zero.clone(), "worst": zero.clone(), "total": zero.clone()}
             c["bad_mask"] = torch.zeros(len(norms.names), dtype=torch.bool, device=bad.device)
-        c["consecutive"] = torch.where(bad, c["consecutive"] + 1, torch.zeros_like(c["consecutive"]))
+        counts = bad
+        scale = self.scaler._scale if self.scaler is not None else None
+        if scale is not None:  # stepped already: a skip has halved the scale, so "was <= 1" reads "<= backoff"
+            counts = bad & (scale.reshape(()) <= self.scaler.get_backoff_factor())
+        c["consecutive"] = torch.where(counts, c["consecutive"] + 1, torch.where(bad, c["consecutive"], torch.zeros_like(c["consecutive"])))
         c["worst"] = torch.maximum(c["worst"], c["consecutive"])
         c["total"] = c["total"] + bad.long()
         if c["bad_mask"].shape[0] == len(norms.names):
