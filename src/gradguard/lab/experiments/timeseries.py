@@ -14,7 +14,12 @@ cycle. The networks train on a forecast at every step of the window (each window
 ``window`` targets, all inside the fitting years) and are judged on the last one. Each keeps the
 weights of its best validation MSE (checked every ``eval_every`` steps), the same model selection
 the AR gets; the training settings below were chosen on validation MSE, never on the test years.
-Persistence (next year = this year) is reported beside.
+Persistence (next year = this year) is reported beside, and so are the validation MSEs.
+
+What the quick preset shows: every cell beats the AR on the validation years (1909-1948) by a
+fifth or more, yet on the test years only the GRU does clearly; the tanh RNN ties it and the
+LSTM loses. The test years hold the largest cycles on record (six of them above every fitting
+year), where the saturating networks under-forecast the peaks that the linear AR extrapolates.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ class Config:
     transform: str = "sqrt"  # of the sunspot numbers, for networks and AR alike ("none": raw numbers)
     per_step: bool = True  # loss on the next-year forecast at every step, not only the last
     hidden: int = 32
-    steps: int = 1000  # the best validation MSE came by step 700 in every quick job
+    steps: int = 800  # the best validation MSE came by step 700 in every quick job of a 1000-step run
     batch: int = 32
     lr: float = 1e-3  # Adam; 3e-3 reached a worse validation MSE for the tanh RNN
     clip: float = 1.0  # global-norm clipping for every cell, as the uRNN paper trains its RNN and LSTM
@@ -141,11 +146,15 @@ def judge(cfg: Config, jobs: list[dict]) -> Verdict:
     ar, ar_val, p, persistence = first["ar_test_mse"], first["ar_val_mse"], first["ar_p"], first["persistence_mse"]
     mse = {c: statistics.median(j["metrics"]["test_mse"] for j in jobs if j["variant"] == c) for c in cfg.cells}
     val = {c: statistics.median(j["metrics"]["val_mse"] for j in jobs if j["variant"] == c) for c in cfg.cells}
+    passed = all(v < ar for v in mse.values())
+    # The test years hold the largest cycles on record, above any fitting year: a win on the
+    # validation years alone is said, never counted.
+    note = " Every cell beats the AR on the validation years but not on the test years." if not passed and all(v < ar_val for v in val.values()) else ""
     return Verdict(
-        all(v < ar for v in mse.values()),
+        passed,
         f"median test MSE over seeds below the least-squares AR(p)'s (p = 1..{cfg.window} chosen on the validation years), for every cell",
         f"test MSE ({cfg.transform}, standardised): " + ", ".join(f"{c} {v:.3f}" for c, v in mse.items()) + f"; AR({p}) {ar:.3f}; persistence {persistence:.3f}. "
-        "Validation MSE (reported only): " + ", ".join(f"{c} {v:.3f}" for c, v in val.items()) + f"; AR({p}) {ar_val:.3f}",
+        "Validation MSE (reported only): " + ", ".join(f"{c} {v:.3f}" for c, v in val.items()) + f"; AR({p}) {ar_val:.3f}." + note,
         {"median_test_mse": mse, "median_val_mse": val, "ar_test_mse": ar, "ar_val_mse": ar_val, "ar_p": p, "persistence_mse": persistence},
         headline="test MSE " + ", ".join(f"{c} {v:.3f}" for c, v in mse.items()) + f" vs AR({p}) {ar:.3f}",
     )
@@ -161,7 +170,7 @@ EXPERIMENT = register(
         variants=variants,
         run=run,
         judge=judge,
-        quick_seconds=17.0,
+        quick_seconds=13.0,
         short_anchor="least-squares AR(p), p chosen on validation (our baseline)",
         seeds={"quick": 2, "full": 5, "smoke": 1},
         figures=(
