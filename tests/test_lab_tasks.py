@@ -91,6 +91,17 @@ def test_sunspots_series_and_persistence_baseline():
     assert 0.5 < error < 1.5  # the cycle makes persistence poor in standardised units
 
 
+def test_sunspots_sqrt_transform_standardises_the_square_roots():
+    raw, root = Sunspots(window=20, test_years=60, transform="none"), Sunspots(window=20, test_years=60, transform="sqrt")
+    _, values = sunspot_series()
+    z = torch.tensor(values[: len(values) - 60]).sqrt()
+    z = (z - z.mean()) / z.std(correction=0)  # the training years' mean and spread
+    assert torch.allclose(root.train_set()[1][:, 0], z[20:].float(), atol=1e-5)
+    assert not torch.allclose(raw.train_set()[1], root.train_set()[1])
+    with pytest.raises(ValueError, match="transform"):
+        Sunspots(transform="log")
+
+
 # ---------------------------------------------------------------- layouts
 def test_modern_adding_layout():
     x, y = Adding(50).batch(500, gen())

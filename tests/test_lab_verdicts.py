@@ -78,15 +78,21 @@ def test_image_passes_trained_nets_and_fails_a_residual_net_that_does_not_train(
 
 
 # ---------------------------------------------------------------- timeseries
-def timeseries(ar=0.31, **mse):
-    cells = {"rnn": 0.28, "lstm": 0.27, "gru": 0.26, **mse}
-    return judge("timeseries", {c: {"test_mse": v, "ar_test_mse": ar, "ar_p": 10, "persistence_mse": 0.88} for c, v in cells.items()})
+def timeseries(ar=0.167, **mse):
+    cells = {"rnn": 0.165, "lstm": 0.16, "gru": 0.155, **mse}
+    metrics = {"ar_test_mse": ar, "ar_val_mse": 0.131, "ar_p": 9, "persistence_mse": 0.9, "val_mse": 0.1}
+    return judge("timeseries", {c: {**metrics, "test_mse": v} for c, v in cells.items()})
 
 
 def test_timeseries_fails_when_the_ar_model_beats_a_recurrent_one():
     assert timeseries().status == STATUS_PASS
-    assert timeseries(gru=0.36).status == STATUS_FAIL
-    assert timeseries(ar=0.2).status == STATUS_FAIL
+    assert timeseries(gru=0.17).status == STATUS_FAIL  # one cell worse than the AR is enough
+    assert timeseries(rnn=0.167).status == STATUS_FAIL  # a tie is not a win
+    assert timeseries(ar=0.15).status == STATUS_FAIL
+    assert timeseries(lstm=math.nan).status == STATUS_FAIL  # a diverged cell never passes
+    assert "AR(9) 0.131" in timeseries().summary  # the validation comparison is reported beside
+    assert "validation years but not on the test years" in timeseries(lstm=0.17).summary
+    assert "validation years but not" not in timeseries().summary
 
 
 # ---------------------------------------------------------------- clipping

@@ -140,11 +140,16 @@ class Digits(Task):
         return self._class_log_freq().expand(len(x), 10).clone()
 
 
+SUNSPOT_TRANSFORMS = ("none", "sqrt")
+
+
 class Sunspots(Task):
     """One-step-ahead forecasting of yearly sunspot numbers (statsmodels' copy, 1700-2008).
 
     Input: the previous ``window`` years (one feature per step), standardised with the training
-    years' mean and spread; target: the next year, in the same units. The last ``test_years``
+    years' mean and spread; target: the next year, in the same units. ``transform="sqrt"`` takes
+    the square root of the sunspot numbers before standardising (the classic variance-stabilising
+    transform for this series); every set, error and baseline is then on that scale. The last ``test_years``
     targets are held out, in time order (no shuffling across the split), and the ``val_years``
     before them form a validation set (model selection), also in time order. Error = test MSE in
     standardised units. Baseline: persistence (next year = this year), measured on the same test
@@ -157,11 +162,14 @@ class Sunspots(Task):
     error_name = "test MSE"
     success = "test MSE below the persistence forecast's"
 
-    def __init__(self, window: int = 20, test_years: int = 60, val_years: int = 0):
+    def __init__(self, window: int = 20, test_years: int = 60, val_years: int = 0, transform: str = "none"):
         self.window = check_int("window", window, minimum=1)
         self.test_years = check_int("test_years", test_years, minimum=1)
         self.val_years = check_int("val_years", val_years, minimum=0)
+        self.transform = check_choice("transform", transform, SUNSPOT_TRANSFORMS)
         years, values = sunspot_series()
+        if transform == "sqrt":
+            values = np.sqrt(values)
         if window + test_years + val_years >= len(values) - 10:
             raise ValueError(f"window + test_years + val_years = {window + test_years + val_years} leaves too few of the {len(values)} years for training.")
         split = len(values) - test_years  # first target index that is held out
