@@ -59,7 +59,7 @@ class Config:
 
 
 QUICK = Config()
-STANDARD = Config(steps=30_000, penalties=("none", "omega"))
+STANDARD = Config(length=100, steps=15_000, penalties=("omega", "none"))
 FULL = Config(length=100, steps=1_000_000)
 SMOKE = Config(length=12, hidden=8, steps=10, eval_every=5, eval_size=100, test_size=100)
 
@@ -142,20 +142,31 @@ def judge(cfg: Config, jobs: list[dict]) -> Verdict:
     before = _geomean(j["metrics"]["ratio_before"] for j in jobs)
     error = {p: statistics.median(j["metrics"]["test_error"] for j in jobs if j["variant"] == p) for p in cfg.penalties}
     steps = {p: max(j["metrics"]["steps"] for j in jobs if j["variant"] == p) for p in cfg.penalties}
-    solved = "omega" in error and error["omega"] < 0.01
+    solved = {p: error[p] < 0.01 for p in cfg.penalties}
+    omega_solved = solved.get("omega", False)
     summary = (
-        f"test error on {cfg.test_size:,} fresh sequences at T = {cfg.length}: " + ", ".join(f"{p} {error[p]:.1%} after {steps[p]:,} steps" for p in cfg.penalties)
+        f"test error on {cfg.test_size:,} fresh sequences at T = {cfg.length}: " + ", ".join(f"{p} {error[p]:.2%} after {steps[p]:,} steps" for p in cfg.penalties)
         + " (chance 75%, solved < 1%). Reported: ||dL/dh_0|| / ||dL/dh_T|| after training " + ", ".join(f"{p} {after[p]:.2g}" for p in cfg.penalties) + f" (at init {before:.2g})"
     )
-    if solved and error.get("none", 1.0) < 0.01:
-        summary += "; without a penalty the clipped RNN solves it too at this length, so what Omega adds (longer lengths in Fig. 7) is not shown here"
+    # What Omega adds over clipping alone (Fig. 7 compares MSGD-CR with MSGD-C): shown only where
+    # the clipped RNN without a penalty fails at the same length and step budget.
+    advantage = None
+    if not omega_solved:
+        summary += f"; Omega with clipping did not solve temporal order at T = {cfg.length} within {cfg.steps:,} steps: not reproduced at this scale"
+    elif "none" in solved:
+        advantage = not solved["none"]
+        if advantage:
+            summary += f"; clipping alone (no penalty) did not solve it within the same {cfg.steps:,} steps, so Omega's advantage shows at this length"
+        else:
+            summary += "; without a penalty the clipped RNN solves it too at this length, so what Omega adds (longer lengths in Fig. 7) is not shown here"
+    shown = {True: "Omega's advantage shown", False: "Omega's advantage not shown (clipping alone solves it too)", None: ""}[advantage]
     return Verdict(
-        solved,
+        omega_solved,
         f"Omega (alpha = {cfg.omega:g}) with clipping at {cfg.clip:g}: median test error over seeds under 1% at T = {cfg.length}, within {cfg.steps:,} SGD steps",
         summary,
-        {"test_error": error, "steps": steps, "ratio_after": after, "ratio_at_init": before},
+        {"test_error": error, "steps": steps, "solved": solved, "omega_advantage_shown": advantage, "ratio_after": after, "ratio_at_init": before},
         scale_limited=cfg.steps < cfg.paper_steps,
-        headline=f"T={cfg.length}: " + ", ".join(f"{p} {error[p]:.0%}" for p in cfg.penalties) + f" error after up to {cfg.steps:,} steps (solved < 1%)",
+        headline=f"T={cfg.length}: " + ", ".join(f"{p} {error[p]:.1%}" for p in cfg.penalties) + f" error after up to {cfg.steps:,} steps (solved < 1%)" + (f"; {shown}" if shown else ""),
     )
 
 
