@@ -180,11 +180,25 @@ def test_deep_train_isolates_he_init():
 
 
 # ---------------------------------------------------------------- regularization
-def regularization(omega_error, steps=1000):
-    return judge("regularization", {p: {"ratio_after": 1e-3, "ratio_before": 1e-5, "test_error": 0.005 if p == "omega" and omega_error < 0.01 else 0.74 if p != "omega" else omega_error, "steps": steps} for p in ("none", "l2", "grad_norm", "omega")})
+def regularization(omega_error, steps=1000, none_error=0.74, preset="quick"):
+    errors = {"none": none_error, "l2": 0.74, "grad_norm": 0.74, "omega": omega_error}
+    penalties = registry.get("regularization").presets[preset].penalties
+    return judge("regularization", {p: {"ratio_after": 1e-3, "ratio_before": 1e-5, "test_error": errors[p], "steps": steps} for p in penalties}, preset=preset)
 
 
 def test_regularization_never_passes_an_unsolved_task():
     assert regularization(0.005).status == STATUS_PASS
     assert regularization(0.47).status != STATUS_PASS  # the old verdict passed this
     assert regularization(0.47).status == STATUS_SCALE  # 1,000 of the paper's 5M updates
+    assert regularization(0.011, preset="standard").status == STATUS_SCALE  # just above 1%: not solved
+    assert "not reproduced at this scale" in regularization(0.3, preset="standard", none_error=0.005).summary
+
+
+def test_regularization_says_whether_omega_beats_clipping_alone():
+    shown = regularization(0.005, steps=15_000, none_error=0.6, preset="standard")
+    assert shown.status == STATUS_PASS and shown.measured["omega_advantage_shown"] is True
+    assert "Omega's advantage shows" in shown.summary and "advantage shown" in shown.headline
+    both = regularization(0.005, steps=15_000, none_error=0.001, preset="standard")
+    assert both.status == STATUS_PASS and both.measured["omega_advantage_shown"] is False  # a pass, but no advantage claimed
+    assert "not shown" in both.summary and "not shown" in both.headline
+    assert regularization(0.5, none_error=0.001, preset="standard").measured["omega_advantage_shown"] is None

@@ -160,6 +160,52 @@ def test_multi_layer_bidirectional_nn_rnn_sums_every_matrix():
     penalty.close()
 
 
+def _omega_and_grad(module, x, loss_fn, *, direct):
+    """Omega and its W_h gradient from one forward/backward, by the direct path or the replay."""
+    module.zero_grad()
+    penalty = NormPreservingPenalty(module, weight=1.0)
+    penalty._direct = direct  # False: the replay reference every stacked module takes
+    loss_fn(*module(x)).backward()
+    w = next(p for n, p in module.named_parameters() if n.startswith("weight_hh"))
+    before = w.grad.clone()
+    omega = penalty.add_grad()
+    penalty.close()
+    return omega, w.grad - before
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["time-major", "batch-first", "h_n loss", "unbatched", "relu", "simple-sigmoid", "float32"],
+)
+def test_direct_path_agrees_with_the_replay(case):
+    """One layer, one direction: states read off the output, deltas by the backward recursion."""
+    torch.manual_seed(10)
+    dtype = torch.float32 if case == "float32" else torch.float64
+    batch_first = case == "batch-first"
+    if case == "simple-sigmoid":
+        module = SimpleRNN(I, H, nonlinearity="sigmoid", init="normal", spectral_radius=1.5, dtype=dtype)
+    else:
+        module = nn.RNN(I, H, nonlinearity="relu" if case == "relu" else "tanh", batch_first=batch_first).to(dtype)
+    x = _x(11).to(dtype)
+    if batch_first:
+        x = x.transpose(0, 1).contiguous()
+    if case == "unbatched":
+        x = x[:, 0]
+
+    def loss_fn(out, h_n):
+        seq = out.transpose(0, 1) if batch_first else out
+        seq = seq.unsqueeze(1) if case == "unbatched" else seq
+        extra = (h_n**3).sum() if case == "h_n loss" else 0.0
+        return _loss(seq.double()) + extra
+
+    got, got_grad = _omega_and_grad(module, x, loss_fn, direct=True)
+    want, want_grad = _omega_and_grad(module, x, loss_fn, direct=False)
+    tol = {"rtol": 1e-4, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(got_grad, want_grad, **tol)
+    assert want.item() > 0 and want_grad.abs().sum() > 0
+
+
 def test_penalty_rearms_for_every_step_and_cleans_up():
     torch.manual_seed(8)
     rnn = nn.RNN(I, H).double()

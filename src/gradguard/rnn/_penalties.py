@@ -31,7 +31,8 @@ from gradguard._errors import check_choice, check_positive
 from gradguard._grads import ParamsLike, named_parameters
 from gradguard.rnn._init import elman_layers
 from gradguard.rnn._simple import NONLINEARITIES, SimpleRNN
-from gradguard.rnn._timesteps import Replay, TimestepProbe, _check_ready, replay
+from gradguard.rnn._cells import compute_dtype
+from gradguard.rnn._timesteps import Replay, TimestepProbe, _batched_state, _batched_time_major, _check_ready, replay
 
 REDUCTIONS = ("mean", "sum")
 DEFAULT_EPS = 1e-20  # the official code's `bound` below which ||delta||^2 counts as vanished
@@ -81,10 +82,14 @@ class NormPreservingPenalty:
             optimizer.zero_grad()
         penalty.close()
 
-    Works with fused ``nn.RNN`` modules: the states and the total delta at every step (also
-    through later steps, and in every layer and direction) come from a replay of the module's
-    own weights, as in :class:`TimestepProbe`. ``omega()`` returns Omega as a differentiable
-    function of the recurrent matrices if you prefer to add ``weight * omega`` to a loss and run
+    Works with fused ``nn.RNN`` modules. For one layer in one direction the states are the
+    module's own output sequence and the total delta at every step comes from the backward
+    recursion delta_{t-1} = g_{t-1} + W_h^T (delta_t * f'(a_t)) on the gradients g that reached
+    the outputs: two small ops per step, no autograd graph. Stacked or bidirectional modules
+    (and the reference the direct path is tested against) replay the module's own weights, as
+    in :class:`TimestepProbe`, and back-propagate through the replay.
+
+    ``omega()`` returns Omega as a differentiable function of the recurrent matrices if you prefer to add ``weight * omega`` to a loss and run
     one more backward. Each call consumes the captured step and re-arms for the next one.
 
     Args:
@@ -105,16 +110,40 @@ class NormPreservingPenalty:
         self.reduction = check_choice("reduction", reduction, REDUCTIONS)
         self.eps = check_positive("eps", eps)
         self.nonlinearity = module.nonlinearity if isinstance(module, SimpleRNN) else module.mode.split("_")[1].lower()
-        self._probe = TimestepProbe(module).arm()
+        self._direct = len(self._matrices) == 1  # one layer, one direction: no replay needed
+        self._probe = TimestepProbe(module)
+        self._probe._keep_output_sequence = self._direct
+        self._probe.arm()
 
     def omega(self) -> Tensor:
         """After ``backward()``: Omega (0-dim), with a graph to the recurrent matrices only."""
         cap = self._probe._capture
         try:
-            rep = replay(self.module, _check_ready(cap, self.module), tracked="all")
+            cap = _check_ready(cap, self.module)
+            if self._direct:
+                return self._omega_direct(cap)
+            rep = replay(self.module, cap, tracked="all")
         finally:
             self._probe.arm()  # capture the next step whatever happened to this one
         return self._omega_from(rep)
+
+    def _omega_direct(self, cap) -> Tensor:
+        """One Elman layer: states from its output, total deltas by the backward recursion."""
+        dtype = compute_dtype(self.module)
+        batch_first = getattr(self.module, "batch_first", False)
+        states = _batched_time_major(cap.output, cap, batch_first, dtype)
+        g_out = _batched_time_major(cap.grads.get("output"), cap, batch_first, dtype)
+        g_hn = _batched_state(cap.grads.get("h_n"), cap, dtype)
+        w = self._matrices[0][1]
+        w_const = w.detach().to(dtype)
+        slope = NONLINEARITIES[self.nonlinearity].derivative_from_output(states)
+        dense = torch.contiguous_format  # time-major rows, so every deltas[t] is one block
+        deltas = torch.zeros_like(states, memory_format=dense) if g_out is None else g_out.clone(memory_format=dense)
+        if g_hn is not None:
+            deltas[-1] += g_hn[0]
+        for t in range(states.shape[0] - 1, 0, -1):  # dE/dh_{t-1} += (delta_t * f'(a_t)) W_h  (rows)
+            deltas[t - 1].addmm_(deltas[t] * slope[t], w_const)
+        return norm_preserving_omega(w, states, deltas, self.nonlinearity, reduction=self.reduction, eps=self.eps)
 
     def _omega_from(self, rep: Replay) -> Tensor:
         total = 0.0

@@ -42,6 +42,7 @@ class Capture:
     batched: bool = True
     grads: dict[str, Tensor] = field(default_factory=dict)  # "output", "h_n", "c_n"
     outputs: dict[str, Tensor] = field(default_factory=dict)  # kept only for timestep_grad_norms
+    output: Tensor | None = None  # the output sequence, detached; kept only for NormPreservingPenalty
     unsupported: str | None = None
 
 
@@ -94,6 +95,7 @@ class TimestepProbe:
         self._capture: Capture | None = None
         self._handle = None
         self._keep_outputs = False
+        self._keep_output_sequence = False
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -153,6 +155,8 @@ class TimestepProbe:
         hx = args[1] if len(args) > 1 else kwargs.get("hx")
         cap.seen, cap.training = True, module.training
         cap.input, cap.batched = x.detach(), x.dim() == 3
+        if self._keep_output_sequence:
+            cap.output = out.detach()  # a reference, no copy
         cap.hx = tuple(t.detach() for t in hx) if isinstance(hx, tuple) else (hx.detach() if hx is not None else None)
         h_n, c_n = final if isinstance(final, tuple) else (final, None)
         for key, t in (("output", out), ("h_n", h_n), ("c_n", c_n)):

@@ -10,12 +10,18 @@ evaluation error is under 1%, checked every ``eval_every`` steps, and is then te
 
 Judged (the paper's claim): Omega with clipping solves temporal order (under 1% test error).
 Pascanu et al. train up to 5M updates; ``paper_steps`` below that, a failure reads "not
-reproduced at quick scale", never "pass". Reported beside: ||dL/dh_0|| / ||dL/dh_T|| on 200
-fixed sequences before and after training, for every penalty.
+reproduced at quick scale", never "pass". Said beside the verdict: whether the clipped RNN
+without a penalty solves it too at the same length and budget (then Omega's advantage, the
+longer lengths of Fig. 7, is not shown). Reported: ||dL/dh_0|| / ||dL/dh_T|| on 200 fixed
+sequences before and after training, for every penalty.
 
 Presets: quick, T = 50 and 1,000 steps (the demo: it shows the set-up and the gradient flow,
-not the solve); standard, T = 50 with Omega and no penalty for up to 30,000 steps (about five
-CPU minutes for the Omega run).
+not the solve); standard, T = 50 with Omega and no penalty for up to 20,000 steps. Measured on
+one core (seed 0): Omega solved it at step 14,000 (0.89% test error, 171 CPU seconds), no
+penalty at step 7,000 (0.09%, 69 CPU seconds). T = 50 is the longest length that fits about
+five CPU minutes: within 15,000 steps Omega left 35.5% test error at T = 75 (265 CPU seconds;
+no penalty 24.9%, 143 CPU seconds) and 44.5% at T = 100 (337 CPU seconds; no penalty 51.0%,
+207 CPU seconds).
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ class Config:
 
 
 QUICK = Config()
-STANDARD = Config(steps=30_000, penalties=("none", "omega"))
+STANDARD = Config(steps=20_000, penalties=("omega", "none"))
 FULL = Config(length=100, steps=1_000_000)
 SMOKE = Config(length=12, hidden=8, steps=10, eval_every=5, eval_size=100, test_size=100)
 
@@ -142,20 +148,31 @@ def judge(cfg: Config, jobs: list[dict]) -> Verdict:
     before = _geomean(j["metrics"]["ratio_before"] for j in jobs)
     error = {p: statistics.median(j["metrics"]["test_error"] for j in jobs if j["variant"] == p) for p in cfg.penalties}
     steps = {p: max(j["metrics"]["steps"] for j in jobs if j["variant"] == p) for p in cfg.penalties}
-    solved = "omega" in error and error["omega"] < 0.01
+    solved = {p: error[p] < 0.01 for p in cfg.penalties}
+    omega_solved = solved.get("omega", False)
     summary = (
-        f"test error on {cfg.test_size:,} fresh sequences at T = {cfg.length}: " + ", ".join(f"{p} {error[p]:.1%} after {steps[p]:,} steps" for p in cfg.penalties)
+        f"test error on {cfg.test_size:,} fresh sequences at T = {cfg.length}: " + ", ".join(f"{p} {error[p]:.2%} after {steps[p]:,} steps" for p in cfg.penalties)
         + " (chance 75%, solved < 1%). Reported: ||dL/dh_0|| / ||dL/dh_T|| after training " + ", ".join(f"{p} {after[p]:.2g}" for p in cfg.penalties) + f" (at init {before:.2g})"
     )
-    if solved and error.get("none", 1.0) < 0.01:
-        summary += "; without a penalty the clipped RNN solves it too at this length, so what Omega adds (longer lengths in Fig. 7) is not shown here"
+    # What Omega adds over clipping alone (Fig. 7 compares MSGD-CR with MSGD-C): shown only where
+    # the clipped RNN without a penalty fails at the same length and step budget.
+    advantage = None
+    if not omega_solved:
+        summary += f"; Omega with clipping did not solve temporal order at T = {cfg.length} within {cfg.steps:,} steps: not reproduced at this scale"
+    elif "none" in solved:
+        advantage = not solved["none"]
+        if advantage:
+            summary += f"; clipping alone (no penalty) did not solve it within the same {cfg.steps:,} steps, so Omega's advantage shows at this length"
+        else:
+            summary += "; without a penalty the clipped RNN solves it too at this length, so what Omega adds (longer lengths in Fig. 7) is not shown here"
+    shown = {True: "Omega's advantage shown", False: "Omega's advantage not shown (clipping alone solves it too)", None: ""}[advantage]
     return Verdict(
-        solved,
+        omega_solved,
         f"Omega (alpha = {cfg.omega:g}) with clipping at {cfg.clip:g}: median test error over seeds under 1% at T = {cfg.length}, within {cfg.steps:,} SGD steps",
         summary,
-        {"test_error": error, "steps": steps, "ratio_after": after, "ratio_at_init": before},
+        {"test_error": error, "steps": steps, "solved": solved, "omega_advantage_shown": advantage, "ratio_after": after, "ratio_at_init": before},
         scale_limited=cfg.steps < cfg.paper_steps,
-        headline=f"T={cfg.length}: " + ", ".join(f"{p} {error[p]:.0%}" for p in cfg.penalties) + f" error after up to {cfg.steps:,} steps (solved < 1%)",
+        headline=f"T={cfg.length}: " + ", ".join(f"{p} {error[p]:.1%}" for p in cfg.penalties) + f" error after up to {cfg.steps:,} steps (solved < 1%)" + (f"; {shown}" if shown else ""),
     )
 
 
