@@ -91,8 +91,8 @@ def test_timeseries_fails_when_the_ar_model_beats_a_recurrent_one():
     assert timeseries(ar=0.15).status == STATUS_FAIL
     assert timeseries(lstm=math.nan).status == STATUS_FAIL  # a diverged cell never passes
     assert "AR(9) 0.131" in timeseries().summary  # the validation comparison is reported beside
-    assert "validation years but not on the test years" in timeseries(lstm=0.17).summary
-    assert "validation years but not" not in timeseries().summary
+    assert "on the test years lstm does not" in timeseries(lstm=0.17).summary  # names the cell that loses
+    assert "on the test years" not in timeseries().summary
 
 
 # ---------------------------------------------------------------- clipping

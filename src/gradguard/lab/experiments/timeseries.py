@@ -149,7 +149,8 @@ def judge(cfg: Config, jobs: list[dict]) -> Verdict:
     passed = all(v < ar for v in mse.values())
     # The test years hold the largest cycles on record, above any fitting year: a win on the
     # validation years alone is said, never counted.
-    note = " Every cell beats the AR on the validation years but not on the test years." if not passed and all(v < ar_val for v in val.values()) else ""
+    losers = [c for c, v in mse.items() if not v < ar]
+    note = f" Every cell beats the AR on the validation years; on the test years {', '.join(losers)} does not." if not passed and all(v < ar_val for v in val.values()) else ""
     return Verdict(
         passed,
         f"median test MSE over seeds below the least-squares AR(p)'s (p = 1..{cfg.window} chosen on the validation years), for every cell",
