@@ -25,7 +25,7 @@ budget) can read "not reproduced at quick scale".
 
 Presets and cost, in CPU seconds per job as the job records give them, measured with one
 thread on a shared, loaded machine (an idle core is faster; the T = 200 LSTM alone took 137 s
-there): quick, adding at T = 100 (RNN 78 s, LSTM 52 s, GRU 50 s: about 3 CPU minutes); standard,
+there): quick, adding at T = 100 (RNN 65 s, LSTM 45 s, GRU 40 s on an idle core: 2.5 CPU minutes); standard,
 adding at T = 100 and 200 and copy at T = 100 with the LSTM only (T = 200: RNN 141 s, LSTM 245 s,
 GRU 130 s; copy LSTM 155 s: 851 s, about 14 CPU minutes in all); the IRNN and the other cells
 on copy run in full only, which runs every task at T up to 400 with the uRNN setup.
