@@ -35,7 +35,7 @@ demo: $(VENV)/.demo
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
 
-# The fast lane (under a minute on 2 cores): no slow or multi-process tests, and the doctests of
+# The fast lane (130 s on 2 idle cores at d7ef03b; 966 tests): no slow or multi-process tests, and the doctests of
 # the modules that need no framework (conftest.py says which files count as slow).
 test-fast: $(VENV)/.dev
 	$(PY) -m pytest -q -m "not slow and not distributed" tests src/gradguard --ignore=src/gradguard/integrations --ignore=src/gradguard/lab --ignore=src/gradguard/keras
