@@ -47,14 +47,19 @@ def fit(model: nn.Module, task, opt: torch.optim.Optimizer, guard, *, steps: int
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000) -> dict[str, float]:
-    """The task's loss and error on (x, y), in chunks, in eval mode (restored afterwards)."""
+def evaluate(model: nn.Module, task, x: torch.Tensor, y: torch.Tensor, chunk: int = 1000, last_step: bool = False) -> dict[str, float]:
+    """The task's loss and error on (x, y), in chunks, in eval mode (restored afterwards).
+
+    ``last_step``: the model reads out at every step (trained on a target per step) and is
+    judged on its last step's output only."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     outs = [model(x[i : i + chunk].to(device)).float().cpu() for i in range(0, len(x), chunk)]
     model.train(was_training)
     out = torch.cat(outs)
+    if last_step:
+        out = out[:, -1]
     return {"loss": _finite_or_inf(task.loss(out, y).item()), "error": _finite_or_inf(task.error(out, y))}
 
 

@@ -25,7 +25,6 @@ year), where the saturating networks under-forecast the peaks that the linear AR
 from __future__ import annotations
 
 import copy
-import math
 import statistics
 from dataclasses import dataclass
 
@@ -36,7 +35,7 @@ import gradguard as gg
 from gradguard.lab.models import SeqModel
 from gradguard.lab.registry import Context, Experiment, Figure, Verdict, register
 from gradguard.lab.tasks import Sunspots
-from gradguard.lab.train import history_summary, loss_curve, make_optimizer, tail_mean
+from gradguard.lab.train import evaluate, history_summary, loss_curve, make_optimizer, tail_mean
 
 CLAIM = "A tanh RNN, an LSTM and a GRU, trained with norm clipping, each forecast next year's (square-rooted) sunspot number better than the best linear AR(p) model."
 ANCHOR = (
@@ -90,22 +89,13 @@ def best_ar(task: Sunspots) -> dict:
     return {"p": p, "val_mse": val[p], "test_mse": test, "val_mse_by_p": [val[k] for k in sorted(val)]}
 
 
-def forecast_mse(model: SeqModel, x: torch.Tensor, y: torch.Tensor) -> float:
-    """MSE of the last step's forecast (the next year after the window), in eval mode."""
-    model.eval()
-    with torch.no_grad():
-        out = model(x)
-    model.train()
-    return torch.nn.functional.mse_loss(out[:, -1] if out.dim() == 3 else out, y).item()
-
-
 def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
     task = Sunspots(window=cfg.window, test_years=cfg.test_years, val_years=cfg.val_years, transform=cfg.transform)
     torch.manual_seed(seed)
     model = SeqModel(variant, 1, 1, hidden=cfg.hidden, readout="all" if cfg.per_step else "last").to(ctx.device)
     opt = make_optimizer("adam", model.parameters(), cfg.lr)
     guard = gg.Guard(model, clip=cfg.clip, log_every=50, store=ctx.store_path(variant), name=f"timeseries {variant}")
-    (x_val, y_val), (x_test, y_test) = ((x.to(ctx.device), y.to(ctx.device)) for x, y in (task.val_set(), task.test_set()))
+    (x_val, y_val), (x_test, y_test) = task.val_set(), task.test_set()  # evaluate moves inputs to the model's device
     gen = torch.Generator().manual_seed(seed)
     best, best_state, best_step = float("inf"), copy.deepcopy(model.state_dict()), 0
     for step in range(1, cfg.steps + 1):
@@ -117,13 +107,12 @@ def run(cfg: Config, variant: str, seed: int, ctx: Context) -> dict:
         guard.step(opt, loss=loss)
         opt.zero_grad(set_to_none=True)
         if step % cfg.eval_every == 0:
-            val = forecast_mse(model, x_val, y_val)
+            val = evaluate(model, task, x_val, y_val, last_step=cfg.per_step)["error"]
             if val < best:
                 best, best_state, best_step = val, copy.deepcopy(model.state_dict()), step
     guard.close()
     model.load_state_dict(best_state)  # model selection on the validation years, as for the AR order
-    test = forecast_mse(model, x_test, y_test)
-    test = test if math.isfinite(test) else math.inf
+    test = evaluate(model, task, x_test, y_test, last_step=cfg.per_step)["error"]  # inf when not finite
     ar = best_ar(task)
     return {
         "test_mse": test,
